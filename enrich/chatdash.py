@@ -1,0 +1,190 @@
+"""The ChatDash public API, over ``httpx``.
+
+One :class:`httpx.AsyncClient` per event loop, with connection pooling and the configured
+timeout. Every request sends the raw agency key in ``Authorization`` (no ``Bearer``). Ids are
+percent-encoded as single path segments, so no id can change the path.
+
+429, 5xx, timeouts and dropped connections are retried with exponential backoff and jitter,
+honouring ``Retry-After``, up to ``chatdash.max_attempts`` tries. 4xx answers are not retried;
+they become a :class:`~enrich.errors.ChatDashError` in words a user can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .config import ChatDashSettings
+from .errors import ChatDashError, ConfigError, InputError, redact
+
+__all__ = ["ChatDash", "conversation_path"]
+
+log = logging.getLogger("enrich.chatdash")
+
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+def _segment(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{what} is empty")
+    encoded = quote(value, safe="")
+    if set(value) == {"."}:  # "." and ".." would be removed from the path by URL normalisation
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+def conversation_path(agent_id: str, conversation_id: str) -> str:
+    """``/agents/{agentId}/conversations/{conversationId}``, each id one encoded segment."""
+    return (
+        f"/agents/{_segment(agent_id, 'agent id')}"
+        f"/conversations/{_segment(conversation_id, 'conversation id')}"
+    )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("error", "message"):
+            if isinstance(data.get(key), str):
+                return data[key][:300]
+    return response.text[:300].strip() or response.reason_phrase
+
+
+class ChatDash:
+    """A ChatDash API client; create it anywhere, it connects lazily per event loop."""
+
+    def __init__(self, settings: ChatDashSettings) -> None:
+        self.settings = settings
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+
+    def __repr__(self) -> str:
+        return f"ChatDash(base_url={self.settings.base_url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings, "_clients": {}}
+
+    def check(self) -> None:
+        if self.settings.api_key is None:
+            raise ConfigError("CHATDASH_API_KEY is not set: writing to ChatDash needs the agency key")
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        cached = self._clients.get(id(loop))
+        if cached is not None and cached[0] is loop:
+            return cached[1]
+        self.check()
+        client = httpx.AsyncClient(
+            base_url=self.settings.base_url,
+            timeout=self.settings.timeout,
+            headers={
+                "Authorization": self.settings.api_key.get_secret_value(),  # type: ignore[union-attr]
+                "Accept": "application/json",
+                "User-Agent": "enrich",
+            },
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
+        self._clients[id(loop)] = (loop, client)
+        return client
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        cached = self._clients.pop(id(loop), None)
+        if cached is not None:
+            await cached[1].aclose()
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        s = self.settings
+        if response is not None:
+            after = _retry_after(response)
+            if after is not None:
+                return min(after, s.max_backoff)
+        base = min(s.max_backoff, s.backoff * (2 ** (attempt - 1)))
+        return random.uniform(base / 2, base)  # "equal jitter"
+
+    async def request(
+        self, method: str, path: str, *, what: str, json: Any = None, params: Any = None
+    ) -> Any:
+        """Send one request with retries; return the decoded JSON answer (or ``None``)."""
+        client = self._client()
+        url = f"{self.settings.base_url}{path}"
+        secrets = [self.settings.api_key]
+        attempts = self.settings.max_attempts
+        for attempt in range(1, attempts + 1):
+            response: httpx.Response | None = None
+            try:
+                response = await client.request(method, path, json=json, params=params)
+            except httpx.TimeoutException:
+                problem = f"ChatDash did not answer within {self.settings.timeout:g}s"
+            except httpx.TransportError as exc:
+                problem = f"cannot reach ChatDash: {redact(str(exc), secrets) or type(exc).__name__}"
+            else:
+                if response.status_code < 300:
+                    try:
+                        return response.json() if response.content else None
+                    except ValueError:
+                        return None
+                detail = redact(_error_detail(response), secrets)
+                status = response.status_code
+                if status not in _RETRY_STATUS:
+                    raise ChatDashError(
+                        self._explain(status, what, detail), method=method, url=url,
+                        status_code=status,
+                    )
+                problem = f"ChatDash answered HTTP {status}: {detail}"
+            if attempt == attempts:
+                raise ChatDashError(
+                    f"{what} failed after {attempts} attempt(s): {problem} ({method} {url})",
+                    method=method, url=url,
+                    status_code=response.status_code if response is not None else None,
+                )
+            delay = self._delay(attempt, response)
+            log.warning("%s: %s; retrying in %.1fs (%d/%d)", what, problem, delay, attempt, attempts)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _explain(status: int, what: str, detail: str) -> str:
+        if status == 401:
+            return f"{what}: ChatDash refused the API key (HTTP 401): check CHATDASH_API_KEY"
+        if status == 403:
+            return (
+                f"{what}: ChatDash denied access (HTTP 403): the key may lack access to this "
+                f"agent, or the agency's plan may not include the API ({detail})"
+            )
+        if status == 404:
+            return f"{what}: not found in ChatDash (HTTP 404): check the agent and conversation ids"
+        return f"{what}: ChatDash rejected the request (HTTP {status}): {detail}"
+
+    async def update_conversation(
+        self, agent_id: str, conversation_id: str, body: dict[str, Any]
+    ) -> Any:
+        """The partial ``PUT`` of one conversation."""
+        path = conversation_path(agent_id, conversation_id)
+        what = f"writing conversation {conversation_id} of agent {agent_id}"
+        return await self.request("PUT", path, what=what, json=body)

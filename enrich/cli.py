@@ -1,0 +1,381 @@
+"""The ``enrich`` command: a thin shell over :class:`enrich.Enricher`.
+
+This module is the one place where errors become exit codes:
+
+====  =====================================================================
+0     done
+1     anything unexpected (a bug: please report it, with ``--verbose``)
+2     bad input, usage or configuration: nothing was sent to the LLM or ChatDash
+3     the LLM failed after its retries
+4     the write to ChatDash failed (the paid-for result is printed on stdout)
+====  =====================================================================
+
+Errors are one line on stderr; ``--verbose`` adds detail. Standard output carries only the
+result (or, with ``--dry-run``, only the body that would be PUT), so it can be piped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+
+import typer
+
+from ._version import __version__
+from .errors import (
+    ChatDashError,
+    ConfigError,
+    EnrichError,
+    InputError,
+    LLMError,
+    TemplateError,
+    redact,
+)
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["app", "main", "exit_code_for", "EXIT_OK", "EXIT_BUG", "EXIT_INPUT", "EXIT_LLM", "EXIT_WRITE"]
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_INPUT = 2
+EXIT_LLM = 3
+EXIT_WRITE = 4
+
+app = typer.Typer(
+    name="enrich",
+    help="Turn finished conversations into analytics (summary, topic, verdict, misunderstood "
+    "queries) with your own LLM and prompts, and write them back to ChatDash.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+templates_app = typer.Typer(help="List and show the prompt templates in use.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
+
+log = logging.getLogger("enrich")
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for an exception: the single mapping the CLI uses."""
+    if isinstance(exc, (InputError, ConfigError, TemplateError)):
+        return EXIT_INPUT
+    if isinstance(exc, LLMError):
+        return EXIT_LLM
+    if isinstance(exc, ChatDashError):
+        return EXIT_WRITE
+    return EXIT_BUG
+
+
+class _Redact(logging.Filter):
+    def __init__(self, secrets: list[Any]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage(), self.secrets)
+        record.args = None
+        return True
+
+
+class _State:
+    verbose = False
+    json = False
+    secrets: list[Any] = []
+
+
+def _err(text: str) -> None:
+    typer.echo(redact(text, _State.secrets), err=True)
+
+
+def _out(text: str) -> None:
+    typer.echo(text)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("enrich: %(message)s"))
+    handler.addFilter(_Redact(_State.secrets))
+    root = logging.getLogger("enrich")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root.propagate = False
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    code = exit_code_for(exc)
+    if code == EXIT_BUG:
+        message = f"internal error: {type(exc).__name__}: {exc} (this is a bug; --verbose shows where)"
+    else:
+        message = str(exc)
+    _err(f"enrich: error: {message}")
+    if _State.verbose:
+        import traceback
+
+        if isinstance(exc, LLMError):
+            _err(f"enrich: {exc.attempts} attempt(s); usage: {exc.usage}")
+            for i, raw in enumerate(exc.raw_outputs, 1):
+                _err(f"enrich: raw answer {i}: {raw}")
+        _err("".join(traceback.format_exception(exc)).rstrip())
+    if _State.json:
+        payload: dict[str, Any] = {
+            "ok": False,
+            "error": {"type": type(exc).__name__, "message": redact(message, _State.secrets)},
+            "exit_code": code,
+        }
+        if isinstance(exc, LLMError):
+            payload["attempts"] = exc.attempts
+            payload["usage"] = exc.usage.model_dump() if exc.usage else None
+            payload["raw_outputs"] = exc.raw_outputs
+        result = getattr(exc, "result", None)
+        if result is not None:
+            payload["result"] = result.model_dump(mode="json")
+        _out(json.dumps(payload, ensure_ascii=False))
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        _err("enrich: interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - this is the one place errors become exit codes
+        _fail(exc)
+
+
+def _version(value: bool) -> None:
+    if value:
+        _out(f"enrich {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML configuration file (default: $ENRICH_CONFIG).", show_default=False),
+]
+TranscriptOpt = Annotated[
+    str,
+    typer.Option("--transcript", "-t", help="Transcript file, or - for standard input."),
+]
+FormatOpt = Annotated[
+    Optional[str],
+    typer.Option("--format", "-f", help="Force a transcript format (see `enrich formats`).", show_default=False),
+]
+ModelOpt = Annotated[
+    Optional[str], typer.Option("--model", "-m", help="Model name (overrides ENRICH_MODEL).", show_default=False)
+]
+ModeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--mode", help="Structured output mode: json_schema, json_object or tools.", show_default=False
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show detail and tracebacks on stderr.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+
+
+def _config(path: Path | None, *, model: str | None = None, mode: str | None = None) -> Config:
+    from .config import load_config
+
+    config = load_config(path, {"llm": {"model": model, "mode": mode}})
+    _State.secrets[:] = config.secrets()
+    return config
+
+
+def _start(verbose: bool, as_json: bool = False) -> None:
+    _State.verbose = verbose
+    _State.json = as_json
+    _State.secrets = []
+    _setup_logging(verbose)
+
+
+def _read(transcript: str, fmt: str | None, config: Config) -> Any:
+    from .transcript import read_transcript
+
+    return read_transcript(transcript, format=fmt, max_bytes=config.input.max_bytes)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    transcript: TranscriptOpt,
+    agent_id: Annotated[Optional[str], typer.Option("--agent-id", "-a", help="ChatDash agent id.", show_default=False)] = None,
+    conversation_id: Annotated[
+        Optional[str], typer.Option("--conversation-id", "-C", help="ChatDash conversation id (_id).", show_default=False)
+    ] = None,
+    config: ConfigOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Enrich, write nothing, print the body that would be PUT."),
+    ] = False,
+    as_json: JsonOpt = False,
+    fmt: FormatOpt = None,
+    model: ModelOpt = None,
+    mode: ModeOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Enrich one conversation and write the result to ChatDash."""
+    _start(verbose, as_json)
+    with _guard():
+        if not dry_run and not (agent_id and conversation_id):
+            raise InputError("--agent-id and --conversation-id are required (or use --dry-run)")
+        cfg = _config(config, model=model, mode=mode)
+        from .chatdash import conversation_path
+        from .pipeline import Enricher
+
+        if agent_id is not None or conversation_id is not None:
+            conversation_path(agent_id or "", conversation_id or "")  # checks both ids
+        parsed = _read(transcript, fmt, cfg)
+        enricher = Enricher(cfg)
+        try:
+            if dry_run:
+                result = enricher.enrich(parsed)
+                result = result.model_copy(
+                    update={"agent_id": agent_id, "conversation_id": conversation_id}
+                )
+            else:
+                result = enricher.enrich_and_write(agent_id, conversation_id, parsed)  # type: ignore[arg-type]
+        except ChatDashError as exc:
+            if exc.result is not None and not as_json:
+                _out(json.dumps(exc.result.update, ensure_ascii=False))
+                _err("enrich: the enrichment was paid for: its body is on stdout")
+            raise
+        finally:
+            enricher.close()
+        _report(result, dry_run=dry_run, as_json=as_json)
+
+
+def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
+    u = result.usage
+    tokens = f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens ({u.cached_tokens} cached)"
+    dropped = f"; dropped {len(result.dropped_queries)} invented query(ies)" if result.dropped_queries else ""
+    if as_json:
+        _out(json.dumps({"ok": True, **result.model_dump(mode="json")}, ensure_ascii=False))
+    elif dry_run:
+        _out(json.dumps(result.update, ensure_ascii=False, indent=2))
+    else:
+        e = result.enrichment
+        _out(f"written: conversation {result.conversation_id} of agent {result.agent_id}")
+        _out(f"topic: {e.topic} / {e.subtopic}")
+        _out(f"success: {str(e.evaluation.is_success).lower()}  ({e.evaluation.reason})")
+        _out(f"summary: {e.summary}")
+        _out(f"misunderstood queries: {len(e.misunderstood_queries)}")
+    if dry_run:
+        _err(f"enrich: dry run, nothing written; {result.attempts} LLM request(s), {tokens}{dropped}")
+    elif not as_json:
+        _err(f"enrich: {result.attempts} LLM request(s), {tokens}{dropped}")
+
+
+@app.command()
+def render(
+    transcript: TranscriptOpt,
+    config: ConfigOpt = None,
+    fmt: FormatOpt = None,
+    mode: ModeOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the exact messages that would go to the LLM (nothing is sent)."""
+    _start(verbose, as_json)
+    with _guard():
+        cfg = _config(config, mode=mode)
+        from .pipeline import Enricher
+
+        messages = Enricher(cfg).render(_read(transcript, fmt, cfg))
+        if as_json:
+            _out(json.dumps(messages, ensure_ascii=False, indent=2))
+        else:
+            for m in messages:
+                _out(f"--- {m['role']} ---")
+                _out(m["content"])
+
+
+@app.command()
+def schema(
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the JSON schema the model is asked to follow (the taxonomy becomes enums)."""
+    _start(verbose)
+    with _guard():
+        from .schema import output_schema
+
+        cfg = _config(config)
+        _out(json.dumps(output_schema(cfg.analysis.taxonomy), indent=2, ensure_ascii=False))
+
+
+@app.command("config")
+def show_config(
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the resolved configuration (flags, environment, file, defaults); keys masked."""
+    _start(verbose)
+    with _guard():
+        import yaml
+
+        cfg = _config(config)
+        _out(yaml.safe_dump(cfg.redacted(), sort_keys=False, allow_unicode=True).rstrip())
+
+
+@app.command("formats")
+def list_formats() -> None:
+    """List the transcript formats enrich reads, in the order it tries them."""
+    from .transcript import formats
+
+    for fmt in formats():
+        _out(f"{fmt.name:<10} {fmt.kind:<5} {fmt.description}")
+
+
+@templates_app.command("list")
+def templates_list(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
+    """List the templates and the file each comes from (yours or the packaged default)."""
+    _start(verbose)
+    with _guard():
+        from .prompts import Prompts
+
+        cfg = _config(config)
+        for name, path, overridden in Prompts(cfg.analysis.prompts_dir).listing():
+            _out(f"{name:<10} {'yours  ' if overridden else 'default'} {path}")
+
+
+@templates_app.command("show")
+def templates_show(
+    name: Annotated[str, typer.Argument(help="Template name, e.g. system.j2.")],
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print a template's source (copy it into your prompts folder to override it)."""
+    _start(verbose)
+    with _guard():
+        from .prompts import Prompts
+
+        cfg = _config(config)
+        _out(Prompts(cfg.analysis.prompts_dir).source(name).rstrip())
+
+
+def main() -> None:
+    app()

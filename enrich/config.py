@@ -1,0 +1,290 @@
+"""Configuration, resolved once: flags, then environment, then the YAML file, then defaults.
+
+:func:`load_config` builds a :class:`Config` from those layers. Every value remembers which layer
+gave it, so an invalid one is reported as ``ENRICH_LLM_MODE: ...`` or ``config.yaml: llm.mode:
+...`` rather than as a bare validation error. Secrets are :class:`pydantic.SecretStr`: they show as
+``'**********'`` in reprs and dumps.
+
+``config.example.yaml`` at the top of the repository documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "LLMSettings",
+    "ChatDashSettings",
+    "AnalysisSettings",
+    "Topic",
+    "Subtopic",
+    "WriteSettings",
+    "InputSettings",
+    "load_config",
+    "ENV_VARS",
+    "WRITABLE_FIELDS",
+    "DEFAULT_CHATDASH_BASE_URL",
+]
+
+DEFAULT_CHATDASH_BASE_URL = "https://api.chat-dash.com/v1/public"
+
+#: Environment variables and the setting each one fills.
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    "OPENAI_API_KEY": ("llm", "api_key"),
+    "OPENAI_BASE_URL": ("llm", "base_url"),
+    "ENRICH_MODEL": ("llm", "model"),
+    "ENRICH_LLM_MODE": ("llm", "mode"),
+    "CHATDASH_API_KEY": ("chatdash", "api_key"),
+    "CHATDASH_BASE_URL": ("chatdash", "base_url"),
+    "ENRICH_PROMPTS_DIR": ("analysis", "prompts_dir"),
+}
+
+#: The enriched fields a run can write, by their ChatDash (wire) names.
+WRITABLE_FIELDS = ("summary", "topic", "subtopic", "evaluation", "mistunderstoodQueries")
+
+LLMMode = Literal["json_schema", "json_object", "tools"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LLMSettings(_Section):
+    """The model and how to reach it (any OpenAI-compatible server)."""
+
+    model: str = "gpt-4o-mini"
+    mode: LLMMode = "json_schema"
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    temperature: float | None = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=2000, ge=16)
+    timeout: float = Field(default=60.0, gt=0, description="seconds for one request")
+    max_retries: int = Field(default=2, ge=0, le=10, description="transport retries (429, 5xx)")
+    max_reasks: int = Field(default=2, ge=0, le=10, description="re-asks after invalid output")
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return v or None
+
+
+class ChatDashSettings(_Section):
+    """Where enrichments are written."""
+
+    api_key: SecretStr | None = None
+    base_url: str = DEFAULT_CHATDASH_BASE_URL
+    timeout: float = Field(default=30.0, gt=0, description="seconds for one request")
+    max_attempts: int = Field(default=4, ge=1, le=20, description="tries of one request")
+    backoff: float = Field(default=0.5, ge=0, description="first retry delay in seconds")
+    max_backoff: float = Field(default=30.0, ge=0, description="longest single wait")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class Subtopic(_Section):
+    name: str = Field(min_length=1)
+    description: str = ""
+
+
+class Topic(_Section):
+    """A topic of the taxonomy and the subtopics it admits (none listed: free text)."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    subtopics: list[Subtopic] = Field(default_factory=list)
+
+    @field_validator("subtopics", mode="before")
+    @classmethod
+    def _strings_are_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": s} if isinstance(s, str) else s for s in v]
+        return v
+
+
+class AnalysisSettings(_Section):
+    """What the prompts know about the business."""
+
+    language: str = "English"
+    business_context: str = ""
+    success_criteria: list[str] = Field(
+        default_factory=lambda: [
+            "The user's request was resolved, or correctly routed to someone who can resolve it.",
+            "The agent gave correct information and did not invent facts.",
+            "The user did not leave frustrated or without an answer.",
+        ]
+    )
+    taxonomy: list[Topic] = Field(default_factory=list)
+    prompts_dir: Path | None = None
+
+    @field_validator("success_criteria", mode="before")
+    @classmethod
+    def _one_string_is_a_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("taxonomy")
+    @classmethod
+    def _unique_topics(cls, v: list[Topic]) -> list[Topic]:
+        names = [t.name for t in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"topic listed twice: {', '.join(dupes)}")
+        return v
+
+
+class WriteSettings(_Section):
+    """Which enriched fields are written to ChatDash (their wire names)."""
+
+    fields: list[Literal["summary", "topic", "subtopic", "evaluation", "mistunderstoodQueries"]] = (
+        Field(default_factory=lambda: list(WRITABLE_FIELDS), min_length=1)
+    )
+
+
+class InputSettings(_Section):
+    max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+
+
+class Config(_Section):
+    """Everything a run needs. Build it with :func:`load_config`, or directly in code."""
+
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    chatdash: ChatDashSettings = Field(default_factory=ChatDashSettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    write: WriteSettings = Field(default_factory=WriteSettings)
+    input: InputSettings = Field(default_factory=InputSettings)
+    source: str | None = Field(default=None, description="the YAML file read, if any")
+
+    def secrets(self) -> list[SecretStr]:
+        return [s for s in (self.llm.api_key, self.chatdash.api_key) if s is not None]
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as plain data, with secrets shown as ``'***'`` (or ``null``)."""
+        data = self.model_dump(mode="json")
+        for section in ("llm", "chatdash"):
+            if data[section]["api_key"] is not None:
+                data[section]["api_key"] = "***"
+        return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping of sections")
+    return data
+
+
+def _merge(into: dict[str, Any], layer: Mapping[str, Any], origin: str, origins: dict) -> None:
+    for key, value in layer.items():
+        if isinstance(value, Mapping):
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
+            if not isinstance(origins.get(key), dict):
+                origins[key] = {}
+            _merge(into[key], value, origin, origins[key])
+        else:
+            into[key] = value
+            origins[key] = origin
+
+
+def _origin(origins: Any, loc: tuple[Any, ...]) -> str | None:
+    for part in loc:
+        if not isinstance(origins, dict) or part not in origins:
+            break
+        origins = origins[part]
+    return origins if isinstance(origins, str) else None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Resolve the configuration.
+
+    ``overrides`` (the CLI's flags) win over ``environ`` (default ``os.environ``), which wins over
+    the YAML file (``path``, else ``$ENRICH_CONFIG``), which wins over the defaults. ``overrides``
+    is nested like the file: ``{"llm": {"model": "gpt-4.1-mini"}}``.
+    """
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    origins: dict[str, Any] = {}
+
+    file_path = path if path is not None else (env.get("ENRICH_CONFIG") or None)
+    if file_path is not None:
+        file_path = Path(file_path).expanduser()
+        data = _read_yaml(file_path)
+        _merge(merged, data, str(file_path), origins)
+        merged["source"] = str(file_path)
+
+    for var, (section, key) in ENV_VARS.items():
+        value = env.get(var)
+        if value:  # an empty variable counts as unset
+            _merge(merged, {section: {key: value}}, var, origins)
+
+    if overrides:
+        _merge(merged, _drop_none(overrides), "command line", origins)
+
+    if isinstance(merged.get("analysis"), dict) and merged["analysis"].get("prompts_dir"):
+        prompts_dir = Path(merged["analysis"]["prompts_dir"]).expanduser()
+        origin = _origin(origins, ("analysis", "prompts_dir"))
+        if file_path is not None and origin == str(file_path) and not prompts_dir.is_absolute():
+            prompts_dir = Path(file_path).parent / prompts_dir  # relative to the file
+        merged["analysis"]["prompts_dir"] = prompts_dir
+
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        origin = _origin(origins, loc) or (str(file_path) if file_path else "configuration")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (see config.example.yaml for every key)"
+        if origin in ENV_VARS:
+            where = origin
+        else:
+            where = f"{origin}: {dotted}"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{where}: {msg}{more}") from None
+
+
+def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            sub = _drop_none(v)
+            if sub:
+                out[k] = sub
+        elif v is not None:
+            out[k] = v
+    return out

@@ -1,0 +1,162 @@
+"""The exceptions enrich raises.
+
+Every error is an :class:`EnrichError`; the CLI turns each family into one exit code, in one place
+(``enrich.cli``)::
+
+    EnrichError                      exit 1 when nothing more specific applies
+    ├── InputError                   exit 2  the input cannot be enriched (no LLM call, no write)
+    │   └── TranscriptError              a transcript that is empty, malformed, binary, too big...
+    ├── ConfigError                  exit 2  a bad or missing setting (a key, a URL, a YAML file)
+    ├── TemplateError                exit 2  a prompt template is missing or fails to render
+    ├── LLMError                     exit 3  the LLM failed after its retries
+    │   ├── LLMTransportError            timeout, connection, 429/5xx after retries, 401...
+    │   ├── LLMRefusalError              the model refused (or a content filter stopped it)
+    │   ├── LLMTruncatedError            the answer was cut off (finish_reason "length")
+    │   └── LLMValidationError           still invalid after every re-ask
+    └── ChatDashError                exit 4  ChatDash did not take the write (or answer a read)
+
+An :class:`LLMError` carries ``attempts``, the token ``usage`` spent on every attempt, and the raw
+answers, so a result that was paid for is never lost, even when it is unusable. A
+:class:`ChatDashError` carries the ``method`` and ``url`` it tried and the HTTP ``status_code``.
+
+Messages never contain secrets: anything built from a server's answer is passed through
+:func:`redact` with the keys that were in use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .usage import Usage
+
+__all__ = [
+    "EnrichError",
+    "InputError",
+    "TranscriptError",
+    "ConfigError",
+    "TemplateError",
+    "LLMError",
+    "LLMTransportError",
+    "LLMRefusalError",
+    "LLMTruncatedError",
+    "LLMValidationError",
+    "ChatDashError",
+    "redact",
+]
+
+
+def redact(text: str, secrets: Any) -> str:
+    """Replace every secret value found in ``text`` with ``***``.
+
+    ``secrets`` is an iterable of ``str`` or ``pydantic.SecretStr`` (``None`` items are ignored).
+    Secrets shorter than 4 characters are not replaced (they would mangle ordinary words).
+    """
+    for secret in secrets or ():
+        if secret is None:
+            continue
+        value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+class EnrichError(Exception):
+    """Base of every error enrich raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(EnrichError):
+    """The input cannot be enriched. Nothing was sent to the LLM or to ChatDash."""
+
+
+class TranscriptError(InputError):
+    """A transcript that cannot be parsed: ``source`` names where it came from."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(f"{source}: {message}" if source else message)
+        self.source = source
+        self.reason = message
+
+
+class ConfigError(EnrichError):
+    """A setting is missing or invalid."""
+
+
+class TemplateError(EnrichError):
+    """A prompt template is missing, does not parse, or uses a variable that does not exist."""
+
+
+class LLMError(EnrichError):
+    """The LLM did not give a usable answer.
+
+    ``attempts`` counts the requests made, ``usage`` sums their tokens and ``raw_outputs`` keeps
+    every answer the model gave (they were paid for).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int = 0,
+        usage: Usage | None = None,
+        raw_outputs: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.usage = usage
+        self.raw_outputs = list(raw_outputs or [])
+
+
+class LLMTransportError(LLMError):
+    """The request did not get an answer: timeout, connection, rate limit or server error, or the
+    server refused the credentials. ``status_code`` is the last HTTP status, if there was one."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status_code = status_code
+
+
+class LLMRefusalError(LLMError):
+    """The model refused to answer, or a content filter stopped it."""
+
+
+class LLMTruncatedError(LLMError):
+    """The answer hit the token limit (``finish_reason: length``) before it was complete."""
+
+
+class LLMValidationError(LLMError):
+    """The answer still failed validation after every re-ask. ``errors`` are the last ones."""
+
+    def __init__(self, message: str, *, errors: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.errors = list(errors or [])
+
+
+class ChatDashError(EnrichError):
+    """ChatDash refused or did not answer a request, after retries where they apply.
+
+    When the request was the write of an enrichment that was already paid for, ``result`` holds
+    that :class:`~enrich.EnrichmentResult`, so the caller can keep it.
+    """
+
+    result: Any = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+        self.status_code = status_code

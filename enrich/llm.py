@@ -1,0 +1,300 @@
+"""Structured output from any OpenAI-compatible server, through the ``openai`` SDK.
+
+:class:`StructuredLLM` asks for JSON that a pydantic model validates, in one of three modes:
+
+- ``json_schema``: strict structured outputs (``response_format`` of type ``json_schema``);
+- ``json_object``: JSON mode with the schema attached, as llama.cpp's server takes it
+  (``{"type": "json_object", "schema": {...}}``); the prompt also shows the schema;
+- ``tools``: one forced function call whose parameters are the schema.
+
+An answer that fails validation is sent back with the errors (``reask.j2``) up to
+``max_reasks`` times. A refusal or a truncated answer is an error at once: asking again would
+only pay for the same answer. Transport faults (429, 5xx, timeouts) are retried by the SDK itself,
+``max_retries`` times with backoff that honours ``Retry-After``; enrich does not add a loop of its
+own around them. Usage is summed over every attempt and travels with the result or the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .config import LLMSettings
+from .errors import (
+    ConfigError,
+    LLMError,
+    LLMRefusalError,
+    LLMTransportError,
+    LLMTruncatedError,
+    LLMValidationError,
+    redact,
+)
+from .usage import Usage
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+__all__ = ["StructuredLLM", "LLMResult", "format_validation_errors", "TOOL_NAME"]
+
+log = logging.getLogger("enrich.llm")
+
+T = TypeVar("T", bound=BaseModel)
+
+TOOL_NAME = "record_enrichment"
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+_FENCED = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+
+
+@dataclass
+class LLMResult(Generic[T]):
+    """A validated answer, what it cost, and every raw answer that led to it."""
+
+    value: T
+    usage: Usage
+    attempts: int
+    raw_outputs: list[str] = field(default_factory=list)
+    model: str = ""
+
+
+def format_validation_errors(exc: ValidationError) -> list[str]:
+    """One line per problem: ``evaluation.is_success: Field required``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return lines
+
+
+def _strip_fences(text: str) -> str:
+    m = _FENCED.match(text)
+    return m.group(1) if m else text
+
+
+class StructuredLLM:
+    """Validated structured output over the ``openai`` SDK's async client.
+
+    The SDK client is created lazily, once per event loop, so a configured instance can be built
+    anywhere (and pickled) before it is used.
+    """
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.settings = settings
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, AsyncOpenAI]] = {}
+
+    def __repr__(self) -> str:
+        return f"StructuredLLM(model={self.settings.model!r}, mode={self.settings.mode!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings, "_clients": {}}
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.base_url or DEFAULT_OPENAI_URL
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` if the LLM cannot be called at all (no key for OpenAI)."""
+        if self.settings.api_key is None and self.settings.base_url is None:
+            raise ConfigError(
+                "OPENAI_API_KEY is not set: the LLM needs a key (or set OPENAI_BASE_URL to a "
+                "server that needs none)"
+            )
+
+    def _client(self) -> AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        cached = self._clients.get(id(loop))
+        if cached is not None and cached[0] is loop:
+            return cached[1]
+        self.check()
+        from openai import AsyncOpenAI
+
+        key = self.settings.api_key.get_secret_value() if self.settings.api_key else "unused"
+        client = AsyncOpenAI(
+            api_key=key,
+            base_url=self.base_url,
+            timeout=self.settings.timeout,
+            max_retries=self.settings.max_retries,
+        )
+        self._clients = {
+            k: v for k, v in self._clients.items() if not v[0].is_closed()
+        }
+        self._clients[id(loop)] = (loop, client)
+        return client
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        cached = self._clients.pop(id(loop), None)
+        if cached is not None:
+            await cached[1].close()
+
+    # ------------------------------------------------------------------------------------------
+
+    def _request(self, messages: list[dict[str, Any]], schema: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {"model": s.model, "messages": messages, "max_tokens": s.max_tokens}
+        if s.temperature is not None:
+            kwargs["temperature"] = s.temperature
+        if s.mode == "json_schema":
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "enrichment", "strict": True, "schema": schema},
+            }
+        elif s.mode == "json_object":
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        else:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": TOOL_NAME,
+                        "description": "Record the analytics of the conversation.",
+                        "parameters": schema,
+                        "strict": True,
+                    },
+                }
+            ]
+            kwargs["tool_choice"] = {"type": "function", "function": {"name": TOOL_NAME}}
+        return kwargs
+
+    def _transport_error(self, exc: Exception, attempts: int, usage: Usage, raw: list[str]) -> LLMError:
+        import openai
+
+        secrets = [self.settings.api_key]
+        where = self.base_url
+        retries = self.settings.max_retries
+        status = getattr(exc, "status_code", None)
+        detail = redact(str(getattr(exc, "message", "") or exc), secrets)
+        if isinstance(exc, openai.APITimeoutError):
+            msg = (
+                f"the LLM at {where} did not answer within {self.settings.timeout:g}s "
+                f"({retries} retries)"
+            )
+        elif isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            msg = f"cannot reach the LLM at {where}: {redact(str(cause), secrets) or type(cause).__name__}"
+        elif isinstance(exc, openai.AuthenticationError):
+            msg = f"the LLM at {where} refused the API key (HTTP 401): check OPENAI_API_KEY"
+        elif isinstance(exc, openai.PermissionDeniedError):
+            msg = f"the LLM at {where} denied access (HTTP 403): {detail}"
+        elif isinstance(exc, openai.NotFoundError):
+            msg = (
+                f"the LLM at {where} answered 404 for model {self.settings.model!r}: "
+                f"check ENRICH_MODEL and OPENAI_BASE_URL ({detail})"
+            )
+        elif isinstance(exc, openai.RateLimitError):
+            msg = f"the LLM at {where} kept answering 429 (rate limited) after {retries} retries: {detail}"
+        elif isinstance(exc, openai.BadRequestError):
+            hint = ""
+            if "response_format" in detail or "json_schema" in detail or "tool" in detail:
+                hint = " (the server may not support this llm.mode: try json_object or tools)"
+            msg = f"the LLM at {where} rejected the request (HTTP 400): {detail}{hint}"
+        elif isinstance(exc, openai.APIStatusError):
+            msg = f"the LLM at {where} answered HTTP {status} after {retries} retries: {detail}"
+        else:
+            msg = f"the LLM call failed: {detail}"
+        return LLMTransportError(
+            msg, status_code=status, attempts=attempts, usage=usage, raw_outputs=raw
+        )
+
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        output: type[T],
+        schema: dict[str, Any],
+        reask: Callable[[list[str]], str],
+        context: dict[str, Any] | None = None,
+    ) -> LLMResult[T]:
+        """Ask until ``output`` validates (with ``context``), or raise an :class:`LLMError`."""
+        import openai
+
+        client = self._client()
+        messages = list(messages)
+        usage = Usage()
+        raw_outputs: list[str] = []
+        attempts = 0
+        max_attempts = self.settings.max_reasks + 1
+        while True:
+            attempts += 1
+            try:
+                response = await client.chat.completions.create(**self._request(messages, schema))
+            except openai.OpenAIError as exc:
+                raise self._transport_error(exc, attempts, usage, raw_outputs) from None
+            usage = usage + Usage.from_openai(response.usage)
+            if not response.choices:
+                raise LLMError(
+                    "the LLM answered with no choices", attempts=attempts, usage=usage,
+                    raw_outputs=raw_outputs,
+                )
+            choice = response.choices[0]
+            message = choice.message
+            tool_calls = [tc for tc in (message.tool_calls or []) if getattr(tc, "function", None)]
+            text = tool_calls[0].function.arguments if tool_calls else (message.content or "")
+            if text:
+                raw_outputs.append(text)
+            refusal = getattr(message, "refusal", None)
+            if refusal or choice.finish_reason == "content_filter":
+                raise LLMRefusalError(
+                    f"the model refused: {refusal or 'stopped by a content filter'}",
+                    attempts=attempts, usage=usage, raw_outputs=raw_outputs,
+                )
+            if choice.finish_reason == "length":
+                raise LLMTruncatedError(
+                    f"the answer was cut off at llm.max_tokens={self.settings.max_tokens} "
+                    "(finish_reason: length): raise llm.max_tokens",
+                    attempts=attempts, usage=usage, raw_outputs=raw_outputs,
+                )
+            try:
+                if not text.strip():
+                    raise ValueError("empty")
+                value = output.model_validate_json(_strip_fences(text), context=context)
+            except (ValidationError, ValueError) as exc:
+                errors = (
+                    format_validation_errors(exc)
+                    if isinstance(exc, ValidationError)
+                    else ["the answer was empty: return the JSON object"]
+                )
+                log.info("attempt %d: invalid answer: %s", attempts, "; ".join(errors))
+                if attempts >= max_attempts:
+                    raise LLMValidationError(
+                        f"the answer was still invalid after {attempts} attempt(s): "
+                        + "; ".join(errors),
+                        errors=errors, attempts=attempts, usage=usage, raw_outputs=raw_outputs,
+                    ) from None
+                messages += self._feedback(message, tool_calls, text, reask(errors))
+                continue
+            return LLMResult(
+                value=value, usage=usage, attempts=attempts, raw_outputs=raw_outputs,
+                model=response.model or self.settings.model,
+            )
+
+    @staticmethod
+    def _feedback(message: Any, tool_calls: list[Any], text: str, reask: str) -> list[dict[str, Any]]:
+        """The assistant's invalid answer and our correction, to append to the conversation."""
+        if tool_calls:
+            call = tool_calls[0]
+            return [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.function.name, "arguments": text},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": call.id, "content": reask},
+            ]
+        return [
+            {"role": "assistant", "content": text or json.dumps(None)},
+            {"role": "user", "content": reask},
+        ]

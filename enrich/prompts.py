@@ -1,0 +1,158 @@
+"""Prompt templates: jinja2, sandboxed, with ``StrictUndefined``.
+
+Three templates make the conversation with the model:
+
+- ``system.j2``: the instructions (language, business context, success criteria, taxonomy);
+- ``user.j2``: the transcript, fenced between ``<transcript>`` tags;
+- ``reask.j2``: the message sent back after an answer that failed validation.
+
+The defaults ship inside the package. A user's folder (``analysis.prompts_dir``) is searched
+first, so a user overrides one template by writing a file of the same name; any template missing
+there falls back to the packaged one. A variable the context does not have is an error, never an
+empty string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .config import AnalysisSettings
+from .errors import TemplateError
+from .transcript import ROLE_LABELS, Transcript
+
+__all__ = ["Prompts", "TEMPLATE_NAMES", "packaged_prompts_dir"]
+
+TEMPLATE_NAMES = ("system.j2", "user.j2", "reask.j2")
+
+_FENCE = re.compile(r"<(/?)(transcript)", re.IGNORECASE)
+
+
+def packaged_prompts_dir() -> Path:
+    """The folder of default templates: inside the wheel, or ``prompts/`` in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_prompts", here.parent / "prompts"):
+        if (candidate / "system.j2").is_file():
+            return candidate
+    raise TemplateError(f"the packaged prompt templates are missing (looked in {here / '_prompts'})")
+
+
+def _data(text: str) -> str:
+    """Keep dialogue from opening or closing the ``<transcript>`` fence."""
+    return _FENCE.sub(lambda m: f"<{m.group(1)}\u200b{m.group(2)}", text)
+
+
+def _mmss(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Prompts:
+    """The templates of one configuration: the user's folder first, then the packaged ones."""
+
+    def __init__(self, prompts_dir: Path | str | None = None) -> None:
+        from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        self.user_dir = Path(prompts_dir).expanduser() if prompts_dir else None
+        if self.user_dir is not None and not self.user_dir.is_dir():
+            raise TemplateError(f"{self.user_dir}: prompts folder not found (analysis.prompts_dir)")
+        self.packaged_dir = packaged_prompts_dir()
+        dirs = [d for d in (self.user_dir, self.packaged_dir) if d is not None]
+        self._env = ImmutableSandboxedEnvironment(
+            loader=ChoiceLoader([FileSystemLoader(str(d)) for d in dirs]),
+            undefined=StrictUndefined,
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        self._env.filters["data"] = _data
+        self._env.filters["mmss"] = _mmss
+
+    # -- listing, for `enrich templates` -------------------------------------------------------
+
+    def origin(self, name: str) -> Path:
+        """The file that provides template ``name``."""
+        for folder in (self.user_dir, self.packaged_dir):
+            if folder is not None and (folder / name).is_file():
+                return folder / name
+        raise TemplateError(f"no template named {name!r} (known: {', '.join(TEMPLATE_NAMES)})")
+
+    def source(self, name: str) -> str:
+        return self.origin(name).read_text(encoding="utf-8")
+
+    def listing(self) -> list[tuple[str, Path, bool]]:
+        """``(name, file, overridden)`` for every template."""
+        out = []
+        for name in TEMPLATE_NAMES:
+            path = self.origin(name)
+            out.append((name, path, self.user_dir is not None and path.parent == self.user_dir))
+        return out
+
+    def fingerprint(self) -> str:
+        """A hash of the templates in use: it changes when any template's text changes."""
+        digest = hashlib.sha256()
+        for name in TEMPLATE_NAMES:
+            digest.update(name.encode() + b"\0" + self.source(name).encode() + b"\0")
+        return digest.hexdigest()
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def render(self, name: str, **context: Any) -> str:
+        from jinja2 import TemplateError as JinjaError
+        from jinja2 import TemplateNotFound, TemplateSyntaxError
+        from jinja2.exceptions import SecurityError
+
+        try:
+            template = self._env.get_template(name)
+            return template.render(**context).strip()
+        except TemplateNotFound:
+            raise TemplateError(f"no template named {name!r}") from None
+        except TemplateSyntaxError as exc:
+            where = f"{exc.filename or name}:{exc.lineno}"
+            raise TemplateError(f"{where}: template syntax error: {exc.message}") from None
+        except SecurityError as exc:
+            raise TemplateError(f"{name}: unsafe operation in template: {exc}") from None
+        except JinjaError as exc:  # UndefinedError and the rest
+            raise TemplateError(f"{name}: {exc.message or exc}") from None
+
+    def messages(
+        self,
+        transcript: Transcript,
+        analysis: AnalysisSettings,
+        *,
+        schema: dict[str, Any],
+        mode: str,
+    ) -> list[dict[str, str]]:
+        """The chat messages for one conversation: the system prompt, then the transcript."""
+        context = {
+            "language": analysis.language,
+            "business_context": analysis.business_context,
+            "success_criteria": list(analysis.success_criteria),
+            "taxonomy": [t.model_dump() for t in analysis.taxonomy],
+            "mode": mode,
+            "schema_json": json.dumps(schema, ensure_ascii=False),
+            "metadata": transcript.metadata,
+            "turns": [
+                {
+                    "role": t.role.value,
+                    "label": ROLE_LABELS[t.role],
+                    "text": t.text,
+                    "start": t.start,
+                }
+                for t in transcript.dialogue
+            ],
+        }
+        return [
+            {"role": "system", "content": self.render("system.j2", **context)},
+            {"role": "user", "content": self.render("user.j2", **context)},
+        ]
+
+    def reask(self, errors: list[str]) -> str:
+        return self.render("reask.j2", errors=errors)
