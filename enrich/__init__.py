@@ -2,7 +2,8 @@
 
 >>> from enrich import Enricher
 >>> enricher = Enricher.from_env()                  # doctest: +SKIP
->>> result = enricher.enrich_and_write("agent-1", "conv-1", open("call.txt").read())  # doctest: +SKIP
+>>> transcript = open("call.txt").read()                                   # doctest: +SKIP
+>>> result = enricher.enrich_and_write("agent-1", "conv-1", transcript)     # doctest: +SKIP
 
 The modules, in the order data flows through them: ``transcript`` (any format into turns),
 ``prompts`` (render), ``llm`` (structured output), ``schema`` (validated enrichment, then the

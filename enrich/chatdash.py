@@ -90,7 +90,9 @@ class ChatDash:
 
     def check(self) -> None:
         if self.settings.api_key is None:
-            raise ConfigError("CHATDASH_API_KEY is not set: writing to ChatDash needs the agency key")
+            raise ConfigError(
+                "CHATDASH_API_KEY is not set: writing to ChatDash needs the agency key"
+            )
 
     def _client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -142,7 +144,9 @@ class ChatDash:
             except httpx.TimeoutException:
                 problem = f"ChatDash did not answer within {self.settings.timeout:g}s"
             except httpx.TransportError as exc:
-                problem = f"cannot reach ChatDash: {redact(str(exc), secrets) or type(exc).__name__}"
+                problem = (
+                    f"cannot reach ChatDash: {redact(str(exc), secrets) or type(exc).__name__}"
+                )
             else:
                 if response.status_code < 300:
                     try:
@@ -153,18 +157,23 @@ class ChatDash:
                 status = response.status_code
                 if status not in _RETRY_STATUS:
                     raise ChatDashError(
-                        self._explain(status, what, detail), method=method, url=url,
+                        self._explain(status, what, detail),
+                        method=method,
+                        url=url,
                         status_code=status,
                     )
                 problem = f"ChatDash answered HTTP {status}: {detail}"
             if attempt == attempts:
                 raise ChatDashError(
                     f"{what} failed after {attempts} attempt(s): {problem} ({method} {url})",
-                    method=method, url=url,
+                    method=method,
+                    url=url,
                     status_code=response.status_code if response is not None else None,
                 )
             delay = self._delay(attempt, response)
-            log.warning("%s: %s; retrying in %.1fs (%d/%d)", what, problem, delay, attempt, attempts)
+            log.warning(
+                "%s: %s; retrying in %.1fs (%d/%d)", what, problem, delay, attempt, attempts
+            )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 

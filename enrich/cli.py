@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -30,7 +30,6 @@ from ._version import __version__
 from .errors import (
     ChatDashError,
     ConfigError,
-    EnrichError,
     InputError,
     LLMError,
     TemplateError,
@@ -40,7 +39,16 @@ from .errors import (
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["app", "main", "exit_code_for", "EXIT_OK", "EXIT_BUG", "EXIT_INPUT", "EXIT_LLM", "EXIT_WRITE"]
+__all__ = [
+    "app",
+    "main",
+    "exit_code_for",
+    "EXIT_OK",
+    "EXIT_BUG",
+    "EXIT_INPUT",
+    "EXIT_LLM",
+    "EXIT_WRITE",
+]
 
 EXIT_OK = 0
 EXIT_BUG = 1
@@ -111,7 +119,9 @@ def _setup_logging(verbose: bool) -> None:
 def _fail(exc: BaseException) -> NoReturn:
     code = exit_code_for(exc)
     if code == EXIT_BUG:
-        message = f"internal error: {type(exc).__name__}: {exc} (this is a bug; --verbose shows where)"
+        message = (
+            f"internal error: {type(exc).__name__}: {exc} (this is a bug; --verbose shows where)"
+        )
     else:
         message = str(exc)
     _err(f"enrich: error: {message}")
@@ -171,27 +181,42 @@ def _root(
 # -- shared options ------------------------------------------------------------------------------
 
 ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="YAML configuration file (default: $ENRICH_CONFIG).", show_default=False),
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML configuration file (default: $ENRICH_CONFIG).",
+        show_default=False,
+    ),
 ]
 TranscriptOpt = Annotated[
     str,
     typer.Option("--transcript", "-t", help="Transcript file, or - for standard input."),
 ]
 FormatOpt = Annotated[
-    Optional[str],
-    typer.Option("--format", "-f", help="Force a transcript format (see `enrich formats`).", show_default=False),
-]
-ModelOpt = Annotated[
-    Optional[str], typer.Option("--model", "-m", help="Model name (overrides ENRICH_MODEL).", show_default=False)
-]
-ModeOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
-        "--mode", help="Structured output mode: json_schema, json_object or tools.", show_default=False
+        "--format",
+        "-f",
+        help="Force a transcript format (see `enrich formats`).",
+        show_default=False,
     ),
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show detail and tracebacks on stderr.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model name (overrides ENRICH_MODEL).", show_default=False),
+]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="Structured output mode: json_schema, json_object or tools.",
+        show_default=False,
+    ),
+]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show detail and tracebacks on stderr.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
@@ -222,9 +247,14 @@ def _read(transcript: str, fmt: str | None, config: Config) -> Any:
 @app.command()
 def run(
     transcript: TranscriptOpt,
-    agent_id: Annotated[Optional[str], typer.Option("--agent-id", "-a", help="ChatDash agent id.", show_default=False)] = None,
+    agent_id: Annotated[
+        str | None, typer.Option("--agent-id", "-a", help="ChatDash agent id.", show_default=False)
+    ] = None,
     conversation_id: Annotated[
-        Optional[str], typer.Option("--conversation-id", "-C", help="ChatDash conversation id (_id).", show_default=False)
+        str | None,
+        typer.Option(
+            "--conversation-id", "-C", help="ChatDash conversation id (_id).", show_default=False
+        ),
     ] = None,
     config: ConfigOpt = None,
     dry_run: Annotated[
@@ -270,8 +300,15 @@ def run(
 
 def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
     u = result.usage
-    tokens = f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens ({u.cached_tokens} cached)"
-    dropped = f"; dropped {len(result.dropped_queries)} invented query(ies)" if result.dropped_queries else ""
+    tokens = (
+        f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens "
+        f"({u.cached_tokens} cached)"
+    )
+    dropped = (
+        f"; dropped {len(result.dropped_queries)} invented query(ies)"
+        if result.dropped_queries
+        else ""
+    )
     if as_json:
         _out(json.dumps({"ok": True, **result.model_dump(mode="json")}, ensure_ascii=False))
     elif dry_run:
@@ -284,7 +321,9 @@ def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
         _out(f"summary: {e.summary}")
         _out(f"misunderstood queries: {len(e.misunderstood_queries)}")
     if dry_run:
-        _err(f"enrich: dry run, nothing written; {result.attempts} LLM request(s), {tokens}{dropped}")
+        _err(
+            f"enrich: dry run, nothing written; {result.attempts} LLM request(s), {tokens}{dropped}"
+        )
     elif not as_json:
         _err(f"enrich: {result.attempts} LLM request(s), {tokens}{dropped}")
 

@@ -198,7 +198,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the configuration must be a mapping of sections")
-    return data
+    # A section whose keys are all commented out reads as null: it means "all defaults".
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def _merge(into: dict[str, Any], layer: Mapping[str, Any], origin: str, origins: dict) -> None:

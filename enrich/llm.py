@@ -122,9 +122,7 @@ class StructuredLLM:
             timeout=self.settings.timeout,
             max_retries=self.settings.max_retries,
         )
-        self._clients = {
-            k: v for k, v in self._clients.items() if not v[0].is_closed()
-        }
+        self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
         self._clients[id(loop)] = (loop, client)
         return client
 
@@ -138,7 +136,11 @@ class StructuredLLM:
 
     def _request(self, messages: list[dict[str, Any]], schema: dict[str, Any]) -> dict[str, Any]:
         s = self.settings
-        kwargs: dict[str, Any] = {"model": s.model, "messages": messages, "max_tokens": s.max_tokens}
+        kwargs: dict[str, Any] = {
+            "model": s.model,
+            "messages": messages,
+            "max_tokens": s.max_tokens,
+        }
         if s.temperature is not None:
             kwargs["temperature"] = s.temperature
         if s.mode == "json_schema":
@@ -163,7 +165,9 @@ class StructuredLLM:
             kwargs["tool_choice"] = {"type": "function", "function": {"name": TOOL_NAME}}
         return kwargs
 
-    def _transport_error(self, exc: Exception, attempts: int, usage: Usage, raw: list[str]) -> LLMError:
+    def _transport_error(
+        self, exc: Exception, attempts: int, usage: Usage, raw: list[str]
+    ) -> LLMError:
         import openai
 
         secrets = [self.settings.api_key]
@@ -178,7 +182,8 @@ class StructuredLLM:
             )
         elif isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc
-            msg = f"cannot reach the LLM at {where}: {redact(str(cause), secrets) or type(cause).__name__}"
+            reason = redact(str(cause), secrets) or type(cause).__name__
+            msg = f"cannot reach the LLM at {where}: {reason}"
         elif isinstance(exc, openai.AuthenticationError):
             msg = f"the LLM at {where} refused the API key (HTTP 401): check OPENAI_API_KEY"
         elif isinstance(exc, openai.PermissionDeniedError):
@@ -189,7 +194,10 @@ class StructuredLLM:
                 f"check ENRICH_MODEL and OPENAI_BASE_URL ({detail})"
             )
         elif isinstance(exc, openai.RateLimitError):
-            msg = f"the LLM at {where} kept answering 429 (rate limited) after {retries} retries: {detail}"
+            msg = (
+                f"the LLM at {where} kept answering 429 (rate limited) after {retries} "
+                f"retries: {detail}"
+            )
         elif isinstance(exc, openai.BadRequestError):
             hint = ""
             if "response_format" in detail or "json_schema" in detail or "tool" in detail:
@@ -230,7 +238,9 @@ class StructuredLLM:
             usage = usage + Usage.from_openai(response.usage)
             if not response.choices:
                 raise LLMError(
-                    "the LLM answered with no choices", attempts=attempts, usage=usage,
+                    "the LLM answered with no choices",
+                    attempts=attempts,
+                    usage=usage,
                     raw_outputs=raw_outputs,
                 )
             choice = response.choices[0]
@@ -243,13 +253,17 @@ class StructuredLLM:
             if refusal or choice.finish_reason == "content_filter":
                 raise LLMRefusalError(
                     f"the model refused: {refusal or 'stopped by a content filter'}",
-                    attempts=attempts, usage=usage, raw_outputs=raw_outputs,
+                    attempts=attempts,
+                    usage=usage,
+                    raw_outputs=raw_outputs,
                 )
             if choice.finish_reason == "length":
                 raise LLMTruncatedError(
                     f"the answer was cut off at llm.max_tokens={self.settings.max_tokens} "
                     "(finish_reason: length): raise llm.max_tokens",
-                    attempts=attempts, usage=usage, raw_outputs=raw_outputs,
+                    attempts=attempts,
+                    usage=usage,
+                    raw_outputs=raw_outputs,
                 )
             try:
                 if not text.strip():
@@ -266,17 +280,25 @@ class StructuredLLM:
                     raise LLMValidationError(
                         f"the answer was still invalid after {attempts} attempt(s): "
                         + "; ".join(errors),
-                        errors=errors, attempts=attempts, usage=usage, raw_outputs=raw_outputs,
+                        errors=errors,
+                        attempts=attempts,
+                        usage=usage,
+                        raw_outputs=raw_outputs,
                     ) from None
                 messages += self._feedback(message, tool_calls, text, reask(errors))
                 continue
             return LLMResult(
-                value=value, usage=usage, attempts=attempts, raw_outputs=raw_outputs,
+                value=value,
+                usage=usage,
+                attempts=attempts,
+                raw_outputs=raw_outputs,
                 model=response.model or self.settings.model,
             )
 
     @staticmethod
-    def _feedback(message: Any, tool_calls: list[Any], text: str, reask: str) -> list[dict[str, Any]]:
+    def _feedback(
+        message: Any, tool_calls: list[Any], text: str, reask: str
+    ) -> list[dict[str, Any]]:
         """The assistant's invalid answer and our correction, to append to the conversation."""
         if tool_calls:
             call = tool_calls[0]

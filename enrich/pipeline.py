@@ -128,11 +128,11 @@ class Enricher:
         return self._schema
 
     def parse(self, transcript: TranscriptInput, *, format: str | None = None) -> Transcript:
-        return parse_transcript(
-            transcript, format=format, max_bytes=self.config.input.max_bytes
-        )
+        return parse_transcript(transcript, format=format, max_bytes=self.config.input.max_bytes)
 
-    def render(self, transcript: TranscriptInput, *, format: str | None = None) -> list[dict[str, str]]:
+    def render(
+        self, transcript: TranscriptInput, *, format: str | None = None
+    ) -> list[dict[str, str]]:
         """The exact messages that would go to the LLM for this transcript."""
         return self.prompts.messages(
             self.parse(transcript, format=format),

@@ -37,7 +37,9 @@ def packaged_prompts_dir() -> Path:
     for candidate in (here / "_prompts", here.parent / "prompts"):
         if (candidate / "system.j2").is_file():
             return candidate
-    raise TemplateError(f"the packaged prompt templates are missing (looked in {here / '_prompts'})")
+    raise TemplateError(
+        f"the packaged prompt templates are missing (looked in {here / '_prompts'})"
+    )
 
 
 def _data(text: str) -> str:
@@ -112,8 +114,10 @@ class Prompts:
         try:
             template = self._env.get_template(name)
             return template.render(**context).strip()
-        except TemplateNotFound:
-            raise TemplateError(f"no template named {name!r}") from None
+        except TemplateNotFound as exc:
+            missing = exc.name or name
+            where = "" if missing == name else f"{name}: "
+            raise TemplateError(f"{where}no template named {missing!r}") from None
         except TemplateSyntaxError as exc:
             where = f"{exc.filename or name}:{exc.lineno}"
             raise TemplateError(f"{where}: template syntax error: {exc.message}") from None

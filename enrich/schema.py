@@ -151,7 +151,10 @@ def _grounded(query: list[str], turn: list[str]) -> bool:
         return False
     n = len(query)
     if n >= len(turn):
-        return difflib.SequenceMatcher(None, query, turn, autojunk=False).ratio() >= GROUNDING_THRESHOLD
+        return (
+            difflib.SequenceMatcher(None, query, turn, autojunk=False).ratio()
+            >= GROUNDING_THRESHOLD
+        )
     for size in {n, n + 1, max(1, n - 1)}:
         for start in range(0, len(turn) - size + 1):
             window = turn[start : start + size]

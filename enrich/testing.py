@@ -68,7 +68,9 @@ class _Base:
         return self._server.server_address[1]
 
     def start(self) -> Any:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -152,7 +154,11 @@ class Reply:
 
     @classmethod
     def failure(
-        cls, status: int, message: str = "error", headers: dict[str, str] | None = None, delay: float = 0.0
+        cls,
+        status: int,
+        message: str = "error",
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
     ) -> Reply:
         return cls(
             status=status,
@@ -234,7 +240,9 @@ class FakeLLM(_Base):
     def _handle(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
         path = urlsplit(handler.path).path
         if handler.command == "GET" and path.endswith("/models"):
-            return self._send(handler, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+            return self._send(
+                handler, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+            )
         if handler.command != "POST" or not path.endswith("/chat/completions"):
             return self._send(handler, 404, {"error": {"message": f"no route {path}"}})
         try:
@@ -280,7 +288,9 @@ class FakeLLM(_Base):
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request.get("model") or self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+            ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -402,7 +412,9 @@ class FakeChatDash(_Base):
         except ValueError:
             body = raw.decode("utf-8", "replace")
         with self.lock:
-            self.requests.append((handler.command, handler.path, dict(handler.headers.items()), body))
+            self.requests.append(
+                (handler.command, handler.path, dict(handler.headers.items()), body)
+            )
             fault = self.faults.popleft() if self.faults else None
         if self.latency:
             time.sleep(self.latency)
@@ -426,19 +438,28 @@ class FakeChatDash(_Base):
             query = parse_qs(split.query)
             if query.get("isPlatformId") == ["true"]:
                 key = next(
-                    (k for k, v in self.conversations.items()
-                     if k[0] == key[0] and v.get("platformId") == key[1]),
+                    (
+                        k
+                        for k, v in self.conversations.items()
+                        if k[0] == key[0] and v.get("platformId") == key[1]
+                    ),
                     key,
                 )
             if key not in self.conversations:
                 return self._send(handler, 404, {"error": "Conversation not found"})
             if conv.group(3):
                 return self._send(handler, 200, self.messages.get(key, []))
-            return self._send(handler, 200, {"_id": key[1], "agentId": key[0], **self.conversations[key]})
+            return self._send(
+                handler, 200, {"_id": key[1], "agentId": key[0], **self.conversations[key]}
+            )
         lst = _LIST.match(path)
         if lst and handler.command == "GET":
             agent = unquote(lst.group(1))
-            items = [{"_id": k[1], "agentId": k[0], **v} for k, v in self.conversations.items() if k[0] == agent]
+            items = [
+                {"_id": k[1], "agentId": k[0], **v}
+                for k, v in self.conversations.items()
+                if k[0] == agent
+            ]
             return self._send(handler, 200, items)
         return self._send(handler, 404, {"error": f"no route {handler.command} {split.path}"})
 

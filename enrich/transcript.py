@@ -199,12 +199,23 @@ def parse_transcript(
         else:
             if format is not None and _FORMATS[format].kind == "json":
                 raise TranscriptError(
-                    f"format {format!r} expects JSON, but the input does not start with '[' or '{{'",
+                    f"format {format!r} expects JSON, but the input does not start "
+                    "with '[' or '{'",
                     source=source,
                 )
             for fmt in text_formats:
                 if format is not None or fmt.detect(text):
                     return _run(fmt, text, source)
+            try:  # a bare JSON number, string or literal: say so, rather than "no labels"
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = None
+            else:
+                tried = ", ".join(f.name for f in candidates if f.kind == "json")
+                raise TranscriptError(
+                    f"JSON of an unknown shape ({_describe_json(value)}); tried formats: {tried}",
+                    source=source,
+                )
             raise TranscriptError(
                 "no speaker labels found: expected lines like 'Agent: ...' and 'User: ...', "
                 "or a JSON transcript",
@@ -314,7 +325,9 @@ def _parse_text(text: str) -> Transcript:
 
     def flush() -> None:
         if current is not None and _has_words(current["text"]):
-            turns.append(Turn(role=current["role"], text=current["text"].strip(), start=current["start"]))
+            turns.append(
+                Turn(role=current["role"], text=current["text"].strip(), start=current["start"])
+            )
 
     for line in text.splitlines():
         m = _SPEAKER.match(line)

@@ -1,0 +1,103 @@
+"""Shared fixtures: fake servers on 127.0.0.1, reached through the real openai SDK and httpx."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from enrich.config import Config, load_config
+from enrich.testing import FakeChatDash, FakeLLM
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OPENAI_KEY = "sk-test-SECRET-0123456789abcdef"
+CHATDASH_KEY = "CD.5ec2e7000000000000000000000000aa"
+
+TRANSCRIPT = """\
+Agent: Thanks for calling Acme Shoes, this is Ava. How can I help?
+User: Hi, I was charged twice for my order
+and I'd like a refund for the extra charge.
+Agent: I'm sorry about that. Can I have your order number?
+User: Sure, it's 4417.
+Agent: Thank you. I can see two charges; I've refunded the duplicate one.
+User: Also, do you sell waterproof hiking boots in size 46?
+Agent: Our store hours are 9 to 5, Monday to Saturday.
+User: That's not what I asked, but okay. Thanks for the refund.
+"""
+
+
+def put_schema() -> dict[str, Any]:
+    """The PUT body's schema, read from the contract (a verbatim copy of the shared spec)."""
+    text = (FIXTURES / "chatdash" / "update-conversation.md").read_text()
+    block = re.search(r"````yaml[^\n]*\n(.*?)````", text, re.DOTALL).group(1)
+    spec = yaml.safe_load(block)
+    op = spec["paths"]["/agents/{agentId}/conversations/{conversationId}"]["put"]
+    return op["requestBody"]["content"]["application/json"]["schema"]
+
+
+def answer(**overrides: Any) -> dict[str, Any]:
+    """A valid enrichment of TRANSCRIPT, as the model would return it."""
+    base: dict[str, Any] = {
+        "summary": "The user was charged twice and got the duplicate refunded; a product "
+        "question went unanswered.",
+        "topic": "Billing",
+        "subtopic": "Refund",
+        "misunderstood_queries": [{"question": "do you sell waterproof hiking boots in size 46?"}],
+        "evaluation": {
+            "reason": "The refund was made but a question was ignored.",
+            "is_success": True,
+        },
+    }
+    base.update(overrides)
+    return base
+
+
+@pytest.fixture
+def fake_llm():
+    with FakeLLM() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_chatdash():
+    with FakeChatDash(api_key=CHATDASH_KEY, put_schema=put_schema()) as server:
+        yield server
+
+
+def make_config(llm: FakeLLM, chatdash: FakeChatDash | None = None, /, **sections: Any) -> Config:
+    """A Config aimed at the fakes; ``sections`` are nested overrides: llm={"mode": "tools"}."""
+    overrides: dict[str, Any] = {
+        "llm": {"base_url": llm.url, "api_key": OPENAI_KEY, "max_retries": 0, "timeout": 5},
+        "chatdash": {
+            "base_url": chatdash.url if chatdash else "http://127.0.0.1:9",
+            "api_key": CHATDASH_KEY,
+            "backoff": 0.01,
+            "timeout": 5,
+        },
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return load_config(None, overrides, environ={})
+
+
+@pytest.fixture
+def env(monkeypatch, fake_llm, fake_chatdash, tmp_path):
+    """The environment a CLI user would set, aimed at the fakes; no config file."""
+    for var in ("ENRICH_CONFIG", "ENRICH_MODEL", "ENRICH_LLM_MODE", "ENRICH_PROMPTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url)
+    monkeypatch.setenv("CHATDASH_API_KEY", CHATDASH_KEY)
+    monkeypatch.setenv("CHATDASH_BASE_URL", fake_chatdash.url)
+    # Fast failures: no transport retries, short timeouts, tiny backoff.
+    cfg = tmp_path / "enrich.yaml"
+    cfg.write_text(
+        "llm:\n  max_retries: 0\n  timeout: 5\nchatdash:\n  backoff: 0.01\n  timeout: 5\n"
+    )
+    monkeypatch.setenv("ENRICH_CONFIG", str(cfg))
+    transcript = tmp_path / "call.txt"
+    transcript.write_text(TRANSCRIPT)
+    return {"config": cfg, "transcript": transcript, "tmp": tmp_path}
