@@ -142,7 +142,7 @@ class Prompts:
             "taxonomy": [t.model_dump() for t in analysis.taxonomy],
             "mode": mode,
             "schema_json": json.dumps(schema, ensure_ascii=False),
-            "metadata": transcript.metadata,
+            "metadata": transcript.metadata.model_dump(mode="json", exclude_defaults=True),
             "turns": [
                 {
                     "role": t.role.value,

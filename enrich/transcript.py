@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ __all__ = [
     "Role",
     "Turn",
     "Transcript",
+    "CallMetadata",
     "TranscriptFormat",
     "register_format",
     "formats",
@@ -64,12 +66,38 @@ class Turn(BaseModel):
     start: float | None = None
 
 
+class CallMetadata(BaseModel):
+    """What a platform's payload says about the call, beyond the dialogue. All optional.
+
+    ``phone`` and ``phone_secondary`` follow ChatDash's meaning: for Retell the FROM and the TO
+    number; for Vapi and ElevenLabs the CUSTOMER and the AGENT number.
+    """
+
+    platform: str | None = None
+    platform_id: str | None = None
+    agent_id: str | None = Field(default=None, description="the platform's own agent id")
+    phone: str | None = None
+    phone_secondary: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_seconds: float | None = None
+    ended_reason: str | None = None
+    recording_url: str | None = None
+    cost: float | None = None
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="anything else worth keeping (the platform's analysis...)"
+    )
+
+    def is_empty(self) -> bool:
+        return not any(v for v in self.model_dump().values())
+
+
 class Transcript(BaseModel):
     """An ordered dialogue, the format it was read from, and the call's metadata (if any)."""
 
     turns: list[Turn]
     format: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: CallMetadata = Field(default_factory=CallMetadata)
 
     @property
     def user_turns(self) -> list[Turn]:

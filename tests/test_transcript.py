@@ -465,7 +465,7 @@ def test_user_turns_and_dialogue():
     )
     assert [x.text for x in t.user_turns] == ["u1", "u2"]
     assert [x.text for x in t.dialogue] == ["a", "u1", "h", "u2"]
-    assert t.metadata == {}
+    assert t.metadata.is_empty()
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def _lines_format() -> TranscriptFormat:
                 raise TranscriptError(f"line {i}: bad speaker")
             role = Role.USER if line["speaker"] == "customer" else Role.AGENT
             turns.append(Turn(role=role, text=line["said"], start=line.get("t")))
-        return Transcript(turns=turns, format="lines", metadata={"id": value.get("id")})
+        return Transcript(turns=turns, format="lines", metadata={"platform_id": value.get("id")})
 
     return TranscriptFormat(
         name="lines", kind="json", description="test format", detect=detect, parse=parse
@@ -523,7 +523,7 @@ def test_register_custom_format(restore_formats):
     }
     t = parse_transcript(json.dumps(data))
     assert t.format == "lines"
-    assert t.metadata == {"id": "call-9"}
+    assert t.metadata.platform_id == "call-9"
     assert t.turns == [
         Turn(role=Role.AGENT, text="hello", start=0),
         Turn(role=Role.USER, text="hi", start=2.5),
