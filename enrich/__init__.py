@@ -28,7 +28,7 @@ from .errors import (
 )
 from .pipeline import Enricher, EnrichmentResult
 from .schema import ConversationUpdate, Enrichment, Evaluation, MisunderstoodQuery
-from .transcript import Role, Transcript, Turn, formats, parse_transcript, read_transcript
+from .transcript import CallMetadata, Role, Transcript, Turn, parse_transcript, read_transcript
 from .usage import Usage
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
     "Role",
     "parse_transcript",
     "read_transcript",
-    "formats",
+    "CallMetadata",
     "Usage",
     "EnrichError",
     "InputError",

@@ -220,10 +220,17 @@ VerboseOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
-def _config(path: Path | None, *, model: str | None = None, mode: str | None = None) -> Config:
+def _config(
+    path: Path | None,
+    *,
+    model: str | None = None,
+    mode: str | None = None,
+    write_metadata: bool | None = None,
+) -> Config:
     from .config import load_config
 
-    config = load_config(path, {"llm": {"model": model, "mode": mode}})
+    overrides = {"llm": {"model": model, "mode": mode}, "write": {"metadata": write_metadata}}
+    config = load_config(path, overrides)
     _State.secrets[:] = config.secrets()
     return config
 
@@ -265,6 +272,15 @@ def run(
     fmt: FormatOpt = None,
     model: ModelOpt = None,
     mode: ModeOpt = None,
+    write_metadata: Annotated[
+        bool | None,
+        typer.Option(
+            "--write-metadata/--no-write-metadata",
+            help="Also write the call's platform metadata (platformId, phone, phoneSecondary, "
+            "duration, endedReason, url) from the payload (default: write.metadata).",
+            show_default=False,
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Enrich one conversation and write the result to ChatDash."""
@@ -272,7 +288,7 @@ def run(
     with _guard():
         if not dry_run and not (agent_id and conversation_id):
             raise InputError("--agent-id and --conversation-id are required (or use --dry-run)")
-        cfg = _config(config, model=model, mode=mode)
+        cfg = _config(config, model=model, mode=mode, write_metadata=write_metadata)
         from .chatdash import conversation_path
         from .pipeline import Enricher
 
@@ -320,6 +336,11 @@ def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
         _out(f"success: {str(e.evaluation.is_success).lower()}  ({e.evaluation.reason})")
         _out(f"summary: {e.summary}")
         _out(f"misunderstood queries: {len(e.misunderstood_queries)}")
+    if result.strategy == "map_reduce":
+        dropped += (
+            f"; the call (~{result.transcript_tokens:,} tokens) was over the context budget: "
+            f"{result.parts} parts were summarised and combined"
+        )
     if dry_run:
         _err(
             f"enrich: dry run, nothing written; {result.attempts} LLM request(s), {tokens}{dropped}"

@@ -69,6 +69,13 @@ class LLMSettings(_Section):
     timeout: float = Field(default=60.0, gt=0, description="seconds for one request")
     max_retries: int = Field(default=2, ge=0, le=10, description="transport retries (429, 5xx)")
     max_reasks: int = Field(default=2, ge=0, le=10, description="re-asks after invalid output")
+    context_tokens: int = Field(
+        default=128_000, ge=1024, description="the model's context window, in tokens"
+    )
+    tokenizer: str = Field(default="estimate", description="'estimate' or 'tiktoken:ENCODING'")
+    part_concurrency: int = Field(
+        default=4, ge=1, le=64, description="parts of a long call summarised at once"
+    )
 
     @field_validator("base_url", mode="before")
     @classmethod
@@ -149,6 +156,11 @@ class WriteSettings(_Section):
 
     fields: list[Literal["summary", "topic", "subtopic", "evaluation", "mistunderstoodQueries"]] = (
         Field(default_factory=lambda: list(WRITABLE_FIELDS), min_length=1)
+    )
+    metadata: bool = Field(
+        default=False,
+        description="also write the call's platform metadata (platformId, phone, phoneSecondary, "
+        "duration, endedReason, url) when the transcript's payload has it",
     )
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
 from .config import Config, load_config
 from .errors import ChatDashError
 from .schema import Enrichment, build_update, ground_queries, output_schema
-from .transcript import Transcript, parse_transcript
+from .transcript import CallMetadata, Transcript, parse_transcript
 from .usage import Usage
 
 __all__ = ["Enricher", "EnrichmentResult", "TranscriptInput"]
@@ -38,7 +38,7 @@ class EnrichmentResult(BaseModel):
     enrichment: Enrichment
     update: dict[str, Any] = Field(description="the PUT body, wire names, only the fields sent")
     usage: Usage
-    attempts: int = Field(description="LLM requests made, re-asks included")
+    attempts: int = Field(description="LLM requests made, re-asks and parts included")
     model: str
     dropped_queries: list[str] = Field(
         default_factory=list,
@@ -46,6 +46,14 @@ class EnrichmentResult(BaseModel):
     )
     transcript_format: str
     turns: int
+    strategy: Literal["single", "map_reduce"] = Field(
+        default="single",
+        description="single: one request; map_reduce: the call was over the context budget, "
+        "so notes were taken on its parts and combined",
+    )
+    parts: int = Field(default=1, description="parts the transcript was cut into")
+    transcript_tokens: int = Field(default=0, description="the transcript's tokens, as estimated")
+    metadata: CallMetadata = Field(default_factory=CallMetadata)
     agent_id: str | None = None
     conversation_id: str | None = None
     written: bool = False
@@ -150,22 +158,32 @@ class Enricher:
         conversation_id: str | None = None,
     ) -> EnrichmentResult:
         """Enrich one transcript; nothing is written."""
+        from .longcall import map_reduce, plan
+
         parsed = self.parse(transcript, format=format)
-        messages = self.prompts.messages(
-            parsed, self.config.analysis, schema=self._schema, mode=self.config.llm.mode
-        )
-        answer = await self.llm.complete(
-            messages,
-            output=Enrichment,
-            schema=self._schema,
-            reask=self.prompts.reask,
-            context={"taxonomy": self.config.analysis.taxonomy},
-        )
+        the_plan = plan(parsed, self.config, self.prompts, self._schema)
+        parts = 1
+        if the_plan.strategy == "single":
+            messages = self.prompts.messages(
+                parsed, self.config.analysis, schema=self._schema, mode=self.config.llm.mode
+            )
+            answer = await self.llm.complete(
+                messages,
+                output=Enrichment,
+                schema=self._schema,
+                reask=self.prompts.reask,
+                context={"taxonomy": self.config.analysis.taxonomy},
+            )
+        else:
+            answer, parts = await map_reduce(
+                parsed, the_plan, self.config, self.prompts, self.llm, self._schema
+            )
         kept, dropped = ground_queries(
             answer.value.misunderstood_queries, [t.text for t in parsed.user_turns]
         )
         enrichment = answer.value.model_copy(update={"misunderstood_queries": kept})
-        update = build_update(enrichment, self.config.write.fields).body()
+        metadata = parsed.metadata if self.config.write.metadata else None
+        update = build_update(enrichment, self.config.write.fields, metadata).body()
         return EnrichmentResult(
             enrichment=enrichment,
             update=update,
@@ -175,6 +193,10 @@ class Enricher:
             dropped_queries=dropped,
             transcript_format=parsed.format,
             turns=len(parsed.turns),
+            strategy=the_plan.strategy,
+            parts=parts,
+            transcript_tokens=the_plan.transcript_tokens,
+            metadata=parsed.metadata,
             agent_id=agent_id,
             conversation_id=conversation_id,
         )

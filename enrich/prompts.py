@@ -1,10 +1,12 @@
 """Prompt templates: jinja2, sandboxed, with ``StrictUndefined``.
 
-Three templates make the conversation with the model:
+Five templates make the conversations with the model:
 
 - ``system.j2``: the instructions (language, business context, success criteria, taxonomy);
 - ``user.j2``: the transcript, fenced between ``<transcript>`` tags;
-- ``reask.j2``: the message sent back after an answer that failed validation.
+- ``reask.j2``: the message sent back after an answer that failed validation;
+- ``map.j2`` and ``reduce.j2``: for a call too long for one request, the instructions for
+  taking notes on one part, and the notes on every part for the final call.
 
 The defaults ship inside the package. A user's folder (``analysis.prompts_dir``) is searched
 first, so a user overrides one template by writing a file of the same name; any template missing
@@ -17,18 +19,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import AnalysisSettings
 from .errors import TemplateError
-from .transcript import ROLE_LABELS, Transcript
+from .transcript import ROLE_LABELS, CallMetadata, Transcript, Turn
 
 __all__ = ["Prompts", "TEMPLATE_NAMES", "packaged_prompts_dir"]
 
-TEMPLATE_NAMES = ("system.j2", "user.j2", "reask.j2")
+TEMPLATE_NAMES = ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2")
 
-_FENCE = re.compile(r"<(/?)(transcript)", re.IGNORECASE)
+_FENCE = re.compile(r"<(/?)(transcript|notes)", re.IGNORECASE)
 
 
 def packaged_prompts_dir() -> Path:
@@ -43,7 +46,7 @@ def packaged_prompts_dir() -> Path:
 
 
 def _data(text: str) -> str:
-    """Keep dialogue from opening or closing the ``<transcript>`` fence."""
+    """Keep dialogue from opening or closing the ``<transcript>`` and ``<notes>`` fences."""
     return _FENCE.sub(lambda m: f"<{m.group(1)}\u200b{m.group(2)}", text)
 
 
@@ -126,6 +129,35 @@ class Prompts:
         except JinjaError as exc:  # UndefinedError and the rest
             raise TemplateError(f"{name}: {exc.message or exc}") from None
 
+    def context(
+        self,
+        analysis: AnalysisSettings,
+        *,
+        schema: dict[str, Any],
+        mode: str,
+        transcript: Transcript | None = None,
+        turns: Sequence[Turn] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """The variables every template sees (see each template's header comment)."""
+        if turns is None:
+            turns = transcript.dialogue if transcript is not None else []
+        metadata = transcript.metadata if transcript is not None else CallMetadata()
+        return {
+            "language": analysis.language,
+            "business_context": analysis.business_context,
+            "success_criteria": list(analysis.success_criteria),
+            "taxonomy": [t.model_dump() for t in analysis.taxonomy],
+            "mode": mode,
+            "schema_json": json.dumps(schema, ensure_ascii=False),
+            "metadata": metadata.model_dump(mode="json", exclude_defaults=True),
+            "turns": _turns(turns),
+            "strategy": "single",
+            "part": None,
+            "merging": False,
+            **extra,
+        }
+
     def messages(
         self,
         transcript: Transcript,
@@ -135,28 +167,73 @@ class Prompts:
         mode: str,
     ) -> list[dict[str, str]]:
         """The chat messages for one conversation: the system prompt, then the transcript."""
-        context = {
-            "language": analysis.language,
-            "business_context": analysis.business_context,
-            "success_criteria": list(analysis.success_criteria),
-            "taxonomy": [t.model_dump() for t in analysis.taxonomy],
-            "mode": mode,
-            "schema_json": json.dumps(schema, ensure_ascii=False),
-            "metadata": transcript.metadata.model_dump(mode="json", exclude_defaults=True),
-            "turns": [
-                {
-                    "role": t.role.value,
-                    "label": ROLE_LABELS[t.role],
-                    "text": t.text,
-                    "start": t.start,
-                }
-                for t in transcript.dialogue
-            ],
-        }
+        context = self.context(analysis, schema=schema, mode=mode, transcript=transcript)
         return [
             {"role": "system", "content": self.render("system.j2", **context)},
             {"role": "user", "content": self.render("user.j2", **context)},
         ]
 
+    def part_messages(
+        self,
+        turns: Sequence[Turn] | None,
+        analysis: AnalysisSettings,
+        *,
+        schema: dict[str, Any],
+        mode: str,
+        index: int,
+        count: int,
+        notes: Sequence[Any] | None = None,
+    ) -> list[dict[str, str]]:
+        """Messages for part ``index`` of ``count`` of a long call (map), given as ``turns``, or
+        as ``notes`` on its sub-parts (merge)."""
+        context = self.context(
+            analysis,
+            schema=schema,
+            mode=mode,
+            turns=turns or [],
+            part={"index": index, "count": count},
+            merging=notes is not None,
+        )
+        if notes is None:
+            user = self.render("user.j2", **context)
+        else:
+            user = self.render("reduce.j2", parts=_notes(notes), last_turns=[])
+        return [
+            {"role": "system", "content": self.render("map.j2", **context)},
+            {"role": "user", "content": user},
+        ]
+
+    def reduce_messages(
+        self,
+        notes: Sequence[Any],
+        last_turns: Sequence[Turn],
+        analysis: AnalysisSettings,
+        *,
+        schema: dict[str, Any],
+        mode: str,
+    ) -> list[dict[str, str]]:
+        """Messages for the final call over the notes on every part of a long call (reduce)."""
+        context = self.context(analysis, schema=schema, mode=mode, strategy="map_reduce")
+        return [
+            {"role": "system", "content": self.render("system.j2", **context)},
+            {
+                "role": "user",
+                "content": self.render(
+                    "reduce.j2", parts=_notes(notes), last_turns=_turns(last_turns)
+                ),
+            },
+        ]
+
     def reask(self, errors: list[str]) -> str:
         return self.render("reask.j2", errors=errors)
+
+
+def _turns(turns: Sequence[Turn]) -> list[dict[str, Any]]:
+    return [
+        {"role": t.role.value, "label": ROLE_LABELS[t.role], "text": t.text, "start": t.start}
+        for t in turns
+    ]
+
+
+def _notes(notes: Sequence[Any]) -> list[dict[str, Any]]:
+    return [n.model_dump() if hasattr(n, "model_dump") else dict(n) for n in notes]

@@ -24,12 +24,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .config import WRITABLE_FIELDS, Topic
+from .transcript import CallMetadata
 
 __all__ = [
     "Evaluation",
     "MisunderstoodQuery",
     "Enrichment",
     "output_schema",
+    "strict_schema",
+    "PartNotes",
     "ground_queries",
     "ConversationUpdate",
     "UpdateEvaluation",
@@ -90,6 +93,22 @@ class Enrichment(_Strict):
         return self
 
 
+class PartNotes(_Strict):
+    """Notes on one part of a conversation too long for one call (the map step)."""
+
+    summary: str = Field(min_length=1, description="What happened in this part, factually.")
+    user_requests: list[str] = Field(description="What the user asked for in this part.")
+    misunderstood_queries: list[MisunderstoodQuery] = Field(
+        description="User queries in this part that the agent misunderstood or did not answer; "
+        "quoted from user turns; empty if none."
+    )
+    outcome: str = Field(
+        min_length=1,
+        description="Where things stood at the end of this part: resolved, "
+        "pending, escalated, abandoned...",
+    )
+
+
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
     """Inline ``$ref``s, drop titles, and close every object (strict structured outputs)."""
     if isinstance(node, dict):
@@ -107,10 +126,15 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
+def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema, made strict-mode compatible."""
+    raw = model.model_json_schema()
+    return _inline(raw, raw.get("$defs", {}))
+
+
 def output_schema(taxonomy: Sequence[Topic] = ()) -> dict[str, Any]:
     """The JSON schema the model must follow; with a taxonomy, topics and subtopics are enums."""
-    raw = Enrichment.model_json_schema()
-    schema = _inline(raw, raw.get("$defs", {}))
+    schema = strict_schema(Enrichment)
     if taxonomy:
         props = schema["properties"]
         props["topic"]["enum"] = [t.name for t in taxonomy]
@@ -261,9 +285,16 @@ class ConversationUpdate(_Wire):
 
 
 def build_update(
-    enrichment: Enrichment, fields: Iterable[str] = WRITABLE_FIELDS
+    enrichment: Enrichment,
+    fields: Iterable[str] = WRITABLE_FIELDS,
+    metadata: CallMetadata | None = None,
 ) -> ConversationUpdate:
-    """The PUT for ``enrichment``, narrowed to ``fields`` (wire names)."""
+    """The PUT for ``enrichment``, narrowed to ``fields`` (wire names).
+
+    With ``metadata``, the call's platform fields it holds are added under the PUT's own names:
+    ``platformId``, ``phone``, ``phoneSecondary``, ``duration`` (minutes), ``endedReason`` and
+    ``url`` (the recording).
+    """
     wanted = set(fields)
     unknown = wanted - set(WRITABLE_FIELDS)
     if unknown:
@@ -283,4 +314,18 @@ def build_update(
         values["mistunderstoodQueries"] = [
             UpdateQuery(question=q.question) for q in enrichment.misunderstood_queries
         ]
+    if metadata is not None:
+        platform = {
+            "platformId": metadata.platform_id,
+            "phone": metadata.phone,
+            "phoneSecondary": metadata.phone_secondary,
+            "duration": (
+                round(metadata.duration_seconds / 60, 2)
+                if metadata.duration_seconds is not None
+                else None
+            ),
+            "endedReason": metadata.ended_reason,
+            "url": metadata.recording_url,
+        }
+        values.update({k: v for k, v in platform.items() if v not in (None, "")})
     return ConversationUpdate(**values)

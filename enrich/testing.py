@@ -168,21 +168,41 @@ class Reply:
         )
 
 
+def _example(schema: dict[str, Any]) -> Any:
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: _example(v) for k, v in schema.get("properties", {}).items()}
+    return {"array": [], "string": "example", "boolean": True, "number": 0, "integer": 0}.get(kind)
+
+
+_TEXTS = {
+    "summary": "The user asked for help and the agent answered.",
+    "topic": "Account",
+    "subtopic": "Login help",
+    "outcome": "resolved",
+}
+
+
 def valid_answer(request: dict[str, Any]) -> dict[str, Any]:
-    """A valid enrichment for ``request``, honouring the schema's enums and quoting the user."""
+    """A valid answer to ``request``, built from the schema it sent (its enums honoured), with
+    plausible texts, and the first user line quoted as a misunderstood query."""
     schema = _request_schema(request) or {}
     props = schema.get("properties", {})
-    topic = (props.get("topic", {}).get("enum") or ["Account"])[0]
-    subtopic = (props.get("subtopic", {}).get("enum") or ["Login help"])[0]
-    user_lines = re.findall(r"^User(?: \[[\d:]+\])?: (.+)$", _last_user_text(request), re.MULTILINE)
-    queries = [{"question": user_lines[0]}] if user_lines else []
-    return {
-        "summary": "The user asked for help and the agent answered.",
-        "topic": topic,
-        "subtopic": subtopic,
-        "misunderstood_queries": queries,
-        "evaluation": {"reason": "The agent resolved the request.", "is_success": True},
-    }
+    value = _example(schema) or {}
+    for key, text in _TEXTS.items():
+        if key in value and "enum" not in props.get(key, {}):
+            value[key] = text
+    if "user_requests" in value:
+        value["user_requests"] = ["help with an account"]
+    if isinstance(value.get("evaluation"), dict):
+        value["evaluation"] = {"reason": "The agent resolved the request.", "is_success": True}
+    if "misunderstood_queries" in value:
+        text = _last_user_text(request)
+        user_lines = re.findall(r"^User(?: \[[\d:]+\])?: (.+)$", text, re.MULTILINE)
+        value["misunderstood_queries"] = [{"question": user_lines[0]}] if user_lines else []
+    return value
 
 
 def _request_schema(request: dict[str, Any]) -> dict[str, Any] | None:

@@ -131,6 +131,8 @@ def test_templates_list_show_and_override(env, tmp_path, monkeypatch):
         "system.j2",
         "user.j2",
         "reask.j2",
+        "map.j2",
+        "reduce.j2",
     ]
     assert "yours" not in r.stdout
     shown = run("templates", "show", "user.j2")

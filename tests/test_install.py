@@ -41,7 +41,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_carries_the_templates(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for template in ("system.j2", "user.j2", "reask.j2"):
+    for template in ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2"):
         assert f"enrich/_prompts/{template}" in names
     assert not any(n.startswith("prompts/") for n in names)  # inside the package, not beside it
     assert not any(n.startswith("tests/") for n in names)

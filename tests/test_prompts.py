@@ -73,6 +73,7 @@ def test_system_message_without_taxonomy_or_business_context():
         mode="json_schema",
         schema_json="{}",
         metadata={},
+        strategy="single",
     )
     assert "## Taxonomy" not in system
     assert "## The business" not in system
@@ -155,9 +156,9 @@ def test_reask_contains_the_errors():
 def test_packaged_prompts_dir():
     folder = packaged_prompts_dir()
     assert folder.is_dir()
-    for name in ("system.j2", "user.j2", "reask.j2"):
+    for name in ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2"):
         assert (folder / name).is_file()
-    assert set(TEMPLATE_NAMES) == {"system.j2", "user.j2", "reask.j2"}
+    assert set(TEMPLATE_NAMES) == {"system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2"}
 
 
 def test_listing_without_user_dir():

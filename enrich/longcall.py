@@ -1,0 +1,264 @@
+"""Calls too long for one request: plan against the context budget, then map-reduce.
+
+:func:`plan` counts the transcript's tokens offline (:mod:`enrich.tokens`) against what the
+model's context window leaves once the instructions, the schema, the answer and its re-asks are
+reserved. Within budget the call is enriched in one request. Over budget, the dialogue is cut at
+turn boundaries into balanced parts (a single turn longer than a part is cut between words, so
+nothing in the middle is lost); :func:`map_reduce` takes notes on every part (``map.j2``,
+concurrently), merges notes while they are still too long (the same template, given notes), and
+asks for the enrichment of the whole call from the notes and its last turns (``reduce.j2``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import ConfigError, LLMError
+from .schema import Enrichment, PartNotes, strict_schema
+from .tokens import get_counter
+from .transcript import ROLE_LABELS, Transcript, Turn
+from .usage import Usage
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .llm import LLMResult, StructuredLLM
+    from .prompts import Prompts
+
+__all__ = ["Plan", "plan", "map_reduce", "PART_SCHEMA"]
+
+PART_SCHEMA = strict_schema(PartNotes)
+#: The estimate errs high at the median, but not always: budgets keep this margin on top.
+ESTIMATE_MARGIN = 1.15
+#: The verbatim ending shown to the final call: at most this many tokens, and a fifth of its budget.
+ENDING_TOKENS = 1500
+
+
+@dataclass
+class Plan:
+    """How one transcript will be sent: in one request, or in ``parts``."""
+
+    strategy: Literal["single", "map_reduce"]
+    transcript_tokens: int
+    budget: int
+    parts: list[list[Turn]] = field(default_factory=list)
+    part_budget: int = 0
+
+
+class _Budget:
+    def __init__(self, config: Config, prompts: Prompts, schema: dict[str, Any]) -> None:
+        self.config = config
+        self.prompts = prompts
+        self.schema = schema
+        self.counter = get_counter(config.llm.tokenizer)
+        self.margin = ESTIMATE_MARGIN if self.counter.name == "estimate" else 1.0
+
+    def count(self, text: str) -> int:
+        return math.ceil(self.counter.count(text) * self.margin)
+
+    def left(self, system_text: str, schema: dict[str, Any]) -> int:
+        """Tokens left for the user message under this system prompt and schema."""
+        s = self.config.llm
+        # the answer, then for each re-ask the answer sent back (rarely near max_tokens) and
+        # the errors
+        reserve = s.max_tokens + s.max_reasks * (min(s.max_tokens, 1000) + 300) + 64
+        overhead = self.count(system_text) + self.count(json.dumps(schema))
+        return s.context_tokens - reserve - overhead
+
+    def turn_cost(self, turn: Turn) -> int:
+        return self.count(f"{ROLE_LABELS[turn.role]}: {turn.text}") + 2
+
+    def context(self, **extra: Any) -> dict[str, Any]:
+        return self.prompts.context(
+            self.config.analysis, schema=self.schema, mode=self.config.llm.mode, **extra
+        )
+
+
+def plan(transcript: Transcript, config: Config, prompts: Prompts, schema: dict[str, Any]) -> Plan:
+    """Decide whether ``transcript`` fits one request; if not, cut it into parts."""
+    b = _Budget(config, prompts, schema)
+    context = b.context(transcript=transcript)
+    single = b.left(prompts.render("system.j2", **context), schema)
+    tokens = b.count(prompts.render("user.j2", **context))
+    if tokens <= single:
+        return Plan("single", tokens, single)
+
+    part_context = b.context(part={"index": 1, "count": 1})
+    part_budget = b.left(prompts.render("map.j2", **part_context), PART_SCHEMA) - 64
+    if part_budget < 256:
+        raise ConfigError(
+            f"llm.context_tokens={config.llm.context_tokens} leaves no room for a part of the "
+            f"transcript once the prompts, the answer (llm.max_tokens={config.llm.max_tokens}) "
+            "and its re-asks are reserved: raise context_tokens or lower max_tokens"
+        )
+    turns = [piece for t in transcript.dialogue for piece in _cut(t, part_budget, b)]
+    total = sum(b.turn_cost(t) for t in turns)
+    target = math.ceil(total / math.ceil(total / part_budget))
+    parts: list[list[Turn]] = [[]]
+    used = 0
+    for turn in turns:
+        cost = b.turn_cost(turn)
+        if parts[-1] and (used + cost > part_budget or used >= target):
+            parts.append([])
+            used = 0
+        parts[-1].append(turn)
+        used += cost
+    return Plan("map_reduce", tokens, single, parts, part_budget)
+
+
+def _cut(turn: Turn, budget: int, b: _Budget) -> list[Turn]:
+    """``turn`` itself, or consecutive pieces of it that each fit ``budget``."""
+    if b.turn_cost(turn) <= budget:
+        return [turn]
+    pieces: list[Turn] = []
+    words = turn.text.split()
+    piece: list[str] = []
+    used = 0
+    for word in words:
+        cost = b.count(word) + 1
+        if piece and used + cost > budget - 16:
+            pieces.append(turn.model_copy(update={"text": " ".join(piece)}))
+            piece, used = [], 0
+        piece.append(word)
+        used += cost
+    if piece:
+        pieces.append(turn.model_copy(update={"text": " ".join(piece)}))
+    return pieces
+
+
+class _Spend:
+    """Usage, attempts and raw answers over every call of one map-reduce."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.attempts = 0
+        self.raw: list[str] = []
+
+    def add(self, result: LLMResult[Any]) -> Any:
+        self.usage = self.usage + result.usage
+        self.attempts += result.attempts
+        self.raw += result.raw_outputs
+        return result.value
+
+    def fail(self, exc: LLMError) -> LLMError:
+        exc.usage = self.usage + (exc.usage or Usage())
+        exc.attempts += self.attempts
+        exc.raw_outputs = self.raw + exc.raw_outputs
+        return exc
+
+
+async def map_reduce(
+    transcript: Transcript,
+    the_plan: Plan,
+    config: Config,
+    prompts: Prompts,
+    llm: StructuredLLM,
+    schema: dict[str, Any],
+) -> tuple[LLMResult[Enrichment], int]:
+    """Enrich a long call from notes on its parts; returns the final result (its usage and
+    attempts summed over every call) and the number of parts."""
+    from .llm import LLMResult
+
+    b = _Budget(config, prompts, schema)
+    spend = _Spend()
+    mode = config.llm.mode
+    limit = asyncio.Semaphore(config.llm.part_concurrency)
+
+    async def notes_for(index: int, count: int, turns=None, notes=None) -> PartNotes:
+        messages = prompts.part_messages(
+            turns,
+            config.analysis,
+            schema=PART_SCHEMA,
+            mode=mode,
+            index=index,
+            count=count,
+            notes=notes,
+        )
+        async with limit:
+            result = await llm.complete(
+                messages, output=PartNotes, schema=PART_SCHEMA, reask=prompts.reask
+            )
+        return spend.add(result)
+
+    async def gather(calls: list[Any]) -> list[PartNotes]:
+        """All the calls' notes, in order; on the first failure the rest are cancelled, so
+        nothing more is paid for a call that cannot be enriched."""
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    try:
+        count = len(the_plan.parts)
+        notes = await gather(
+            [notes_for(i + 1, count, turns=part) for i, part in enumerate(the_plan.parts)]
+        )
+        ending_budget = min(ENDING_TOKENS, the_plan.budget // 5)
+        ending = _ending(transcript.dialogue, ending_budget, b)
+        while True:
+            messages = prompts.reduce_messages(
+                notes, ending, config.analysis, schema=schema, mode=mode
+            )
+            if b.count(messages[1]["content"]) <= the_plan.budget:
+                break
+            if ending:
+                ending = []
+                continue
+            if len(notes) == 1:
+                break  # one note over budget: send it and let the server say so
+            groups = _group(notes, the_plan.part_budget, b, prompts)
+            notes = await gather(
+                [notes_for(i + 1, len(groups), notes=g) for i, g in enumerate(groups)]
+            )
+        final = await llm.complete(
+            messages,
+            output=Enrichment,
+            schema=schema,
+            reask=prompts.reask,
+            context={"taxonomy": config.analysis.taxonomy},
+        )
+        value = spend.add(final)
+    except LLMError as exc:
+        raise spend.fail(exc) from None
+    result = LLMResult(
+        value=value,
+        usage=spend.usage,
+        attempts=spend.attempts,
+        raw_outputs=spend.raw,
+        model=final.model,
+    )
+    return result, len(the_plan.parts)
+
+
+def _ending(dialogue: list[Turn], budget: int, b: _Budget) -> list[Turn]:
+    out: list[Turn] = []
+    used = 0
+    for turn in reversed(dialogue):
+        cost = b.turn_cost(turn)
+        if used + cost > budget:
+            break
+        out.append(turn)
+        used += cost
+    return out[::-1]
+
+
+def _group(
+    notes: list[PartNotes], budget: int, b: _Budget, prompts: Prompts
+) -> list[list[PartNotes]]:
+    """Consecutive groups of notes that fit ``budget``; at least pairs, so merging shrinks."""
+    groups: list[list[PartNotes]] = [[]]
+    for note in notes:
+        candidate = groups[-1] + [note]
+        text = prompts.render("reduce.j2", parts=[n.model_dump() for n in candidate], last_turns=[])
+        if len(groups[-1]) >= 2 and b.count(text) > budget:
+            groups.append([note])
+        else:
+            groups[-1] = candidate
+    return groups
