@@ -46,10 +46,14 @@ def main() -> None:
     args = parser.parse_args()
 
     text = make_call(args.words)
-    print(f"call: {len(text.split()):,} words, {len(text):,} characters, "
-          f"{get_counter('estimate').count(text):,} tokens (estimate)")
-    print(f"{'context':>8} {'parts':>6} {'LLM calls':>10} {'prompt tokens':>14} "
-          f"{'completion':>11} {'median s':>9}")
+    print(
+        f"call: {len(text.split()):,} words, {len(text):,} characters, "
+        f"{get_counter('estimate').count(text):,} tokens (estimate)"
+    )
+    print(
+        f"{'context':>8} {'parts':>6} {'LLM calls':>10} {'prompt tokens':>14} "
+        f"{'completion':>11} {'median s':>9}"
+    )
     for context in (128_000, 32_000, 8_192):
         times, result, requests = [], None, 0
         for _ in range(args.runs):
@@ -65,10 +69,14 @@ def main() -> None:
                     times.append(time.perf_counter() - start)
                 requests = len(llm.requests)
         assert result is not None and result.usage.requests == requests
-        print(f"{context:>8,} {result.parts:>6} {requests:>10} {result.usage.prompt_tokens:>14,} "
-              f"{result.usage.completion_tokens:>11,} {statistics.median(times):>9.2f}")
-    print("(the fake LLM counts a token per 4 characters of the request; it answers at once, so "
-          "the time is enrich's own work plus loopback HTTP)")
+        print(
+            f"{context:>8,} {result.parts:>6} {requests:>10} {result.usage.prompt_tokens:>14,} "
+            f"{result.usage.completion_tokens:>11,} {statistics.median(times):>9.2f}"
+        )
+    print(
+        "(the fake LLM counts a token per 4 characters of the request; it answers at once, so "
+        "the time is enrich's own work plus loopback HTTP)"
+    )
 
 
 if __name__ == "__main__":

@@ -94,39 +94,42 @@ def plan(transcript: Transcript, config: Config, prompts: Prompts, schema: dict[
             f"transcript once the prompts, the answer (llm.max_tokens={config.llm.max_tokens}) "
             "and its re-asks are reserved: raise context_tokens or lower max_tokens"
         )
-    turns = [piece for t in transcript.dialogue for piece in _cut(t, part_budget, b)]
-    total = sum(b.turn_cost(t) for t in turns)
-    target = math.ceil(total / math.ceil(total / part_budget))
+    total = sum(b.turn_cost(t) for t in transcript.dialogue)
+    # balanced parts, with a little slack so that packing whole turns needs no extra part
+    limit = min(part_budget, math.ceil(total / math.ceil(total / part_budget) * 1.05))
+    return Plan("map_reduce", tokens, single, _pack(transcript.dialogue, limit, b), part_budget)
+
+
+def _pack(turns: list[Turn], limit: int, b: _Budget) -> list[list[Turn]]:
+    """Consecutive turns in parts of at most ``limit`` tokens. A turn that does not fit is cut
+    between words: its first piece fills the current part, the rest start new ones."""
     parts: list[list[Turn]] = [[]]
     used = 0
     for turn in turns:
         cost = b.turn_cost(turn)
-        if parts[-1] and (used + cost > part_budget or used >= target):
-            parts.append([])
-            used = 0
-        parts[-1].append(turn)
-        used += cost
-    return Plan("map_reduce", tokens, single, parts, part_budget)
-
-
-def _cut(turn: Turn, budget: int, b: _Budget) -> list[Turn]:
-    """``turn`` itself, or consecutive pieces of it that each fit ``budget``."""
-    if b.turn_cost(turn) <= budget:
-        return [turn]
-    pieces: list[Turn] = []
-    words = turn.text.split()
-    piece: list[str] = []
-    used = 0
-    for word in words:
-        cost = b.count(word) + 1
-        if piece and used + cost > budget - 16:
-            pieces.append(turn.model_copy(update={"text": " ".join(piece)}))
-            piece, used = [], 0
-        piece.append(word)
-        used += cost
-    if piece:
-        pieces.append(turn.model_copy(update={"text": " ".join(piece)}))
-    return pieces
+        if used + cost <= limit:
+            parts[-1].append(turn)
+            used += cost
+            continue
+        if cost <= limit:
+            parts.append([turn])
+            used = cost
+            continue
+        words = turn.text.split()
+        label_cost = b.turn_cost(turn.model_copy(update={"text": ""}))
+        i = 0
+        while i < len(words):
+            room = limit - used - label_cost
+            if room < 32:
+                parts.append([])
+                used, room = 0, limit - label_cost
+            start, taken = i, 0
+            while i < len(words) and (i == start or taken + b.count(words[i]) + 1 <= room):
+                taken += b.count(words[i]) + 1
+                i += 1
+            parts[-1].append(turn.model_copy(update={"text": " ".join(words[start:i])}))
+            used += taken + label_cost
+    return [p for p in parts if p]
 
 
 class _Spend:

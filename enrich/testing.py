@@ -201,7 +201,8 @@ def valid_answer(request: dict[str, Any]) -> dict[str, Any]:
     if "misunderstood_queries" in value:
         text = _last_user_text(request)
         user_lines = re.findall(r"^User(?: \[[\d:]+\])?: (.+)$", text, re.MULTILINE)
-        value["misunderstood_queries"] = [{"question": user_lines[0]}] if user_lines else []
+        first = " ".join(user_lines[0].split()[:12]) if user_lines else ""
+        value["misunderstood_queries"] = [{"question": first}] if first else []
     return value
 
 
