@@ -190,6 +190,71 @@ class ChatDash:
             return f"{what}: not found in ChatDash (HTTP 404): check the agent and conversation ids"
         return f"{what}: ChatDash rejected the request (HTTP {status}): {detail}"
 
+    async def get_conversation(
+        self, agent_id: str, conversation_id: str, *, platform_id: bool = False
+    ) -> dict[str, Any]:
+        """One conversation; with ``platform_id`` the id is the platform's own (a Retell
+        ``call_id``...), and the answer's ``_id`` is ChatDash's."""
+        path = conversation_path(agent_id, conversation_id)
+        kind = "platform id" if platform_id else "conversation"
+        what = f"reading {kind} {conversation_id} of agent {agent_id}"
+        data = await self.request(
+            "GET", path, what=what, params={"isPlatformId": "true"} if platform_id else None
+        )
+        if not isinstance(data, dict):
+            raise ChatDashError(f"{what}: ChatDash answered with no conversation object")
+        return data
+
+    async def resolve(self, agent_id: str, platform_id: str) -> str:
+        """ChatDash's ``_id`` for a platform's call id (the PUT takes only the ``_id``)."""
+        data = await self.get_conversation(agent_id, platform_id, platform_id=True)
+        conversation_id = data.get("_id")
+        if not isinstance(conversation_id, str) or not conversation_id:
+            raise ChatDashError(f"ChatDash's conversation for platform id {platform_id} has no _id")
+        return conversation_id
+
+    async def get_messages(self, agent_id: str, conversation_id: str) -> list[dict[str, Any]]:
+        """The conversation's messages, the transcript as ChatDash holds it."""
+        path = conversation_path(agent_id, conversation_id) + "/messages"
+        what = f"reading the messages of conversation {conversation_id} of agent {agent_id}"
+        data = await self.request("GET", path, what=what)
+        if isinstance(data, dict):  # tolerate {"messages": [...]} / {"data": [...]}
+            data = data.get("messages", data.get("data"))
+        if not isinstance(data, list):
+            raise ChatDashError(f"{what}: ChatDash answered with no list of messages")
+        return data
+
+    async def list_conversations(
+        self,
+        agent_id: str,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        record: bool | None = None,
+        interacted: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """Conversations of an agent between ISO 8601 ``start`` and ``end`` (no pagination is
+        documented: callers split long ranges)."""
+        params = {
+            k: (str(v).lower() if isinstance(v, bool) else v)
+            for k, v in {
+                "startDate": start,
+                "endDate": end,
+                "record": record,
+                "interacted": interacted,
+            }.items()
+            if v is not None
+        }
+        path = f"/agents/{_segment(agent_id, 'agent id')}/conversations"
+        data = await self.request(
+            "GET", path, what=f"listing conversations of agent {agent_id}", params=params
+        )
+        if isinstance(data, dict):
+            data = data.get("conversations", data.get("data"))
+        if not isinstance(data, list):
+            raise ChatDashError(f"listing conversations of agent {agent_id}: no list in the answer")
+        return data
+
     async def update_conversation(
         self, agent_id: str, conversation_id: str, body: dict[str, Any]
     ) -> Any:

@@ -106,14 +106,33 @@ def _out(text: str) -> None:
     typer.echo(text)
 
 
-def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _Stderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+@contextmanager
+def _logging(verbose: bool) -> Iterator[None]:
+    """Log to stderr, redacted, for the duration of one command; then put things back."""
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("enrich: %(message)s"))
     handler.addFilter(_Redact(_State.secrets))
     root = logging.getLogger("enrich")
-    root.handlers[:] = [handler]
+    saved = (root.level, root.propagate)
+    root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     root.propagate = False
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -153,7 +172,8 @@ def _fail(exc: BaseException) -> NoReturn:
 @contextmanager
 def _guard() -> Iterator[None]:
     try:
-        yield
+        with _logging(_State.verbose):
+            yield
     except typer.Exit:
         raise
     except KeyboardInterrupt:
@@ -231,15 +251,17 @@ def _config(
 
     overrides = {"llm": {"model": model, "mode": mode}, "write": {"metadata": write_metadata}}
     config = load_config(path, overrides)
-    _State.secrets[:] = config.secrets()
+    _State.secrets += config.secrets()
     return config
 
 
 def _start(verbose: bool, as_json: bool = False) -> None:
+    import os
+
     _State.verbose = verbose
     _State.json = as_json
-    _State.secrets = []
-    _setup_logging(verbose)
+    # known before the configuration loads, so even its errors are redacted
+    _State.secrets = [os.environ.get(v) for v in ("OPENAI_API_KEY", "CHATDASH_API_KEY")]
 
 
 def _read(transcript: str, fmt: str | None, config: Config) -> Any:

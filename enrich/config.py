@@ -28,6 +28,8 @@ __all__ = [
     "Subtopic",
     "WriteSettings",
     "InputSettings",
+    "LedgerSettings",
+    "Price",
     "load_config",
     "ENV_VARS",
     "WRITABLE_FIELDS",
@@ -45,6 +47,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "CHATDASH_API_KEY": ("chatdash", "api_key"),
     "CHATDASH_BASE_URL": ("chatdash", "base_url"),
     "ENRICH_PROMPTS_DIR": ("analysis", "prompts_dir"),
+    "ENRICH_LEDGER": ("ledger", "path"),
 }
 
 #: The enriched fields a run can write, by their ChatDash (wire) names.
@@ -168,6 +171,42 @@ class InputSettings(_Section):
     max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
 
 
+class LedgerSettings(_Section):
+    """Where results are kept (see :mod:`enrich.ledger`)."""
+
+    enabled: bool = True
+    path: Path | None = Field(default=None, description="default: the user's data directory")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return v or None
+
+
+class Price(_Section):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="default: input")
+    output: float = Field(ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        cached = self.input if self.cached_input is None else self.cached_input
+        fresh = max(0, prompt_tokens - cached_tokens)
+        return (fresh * self.input + cached_tokens * cached + completion_tokens * self.output) / 1e6
+
+
+#: OpenAI's list prices (USD per million tokens) as published in 2025; set `pricing` in the
+#: configuration for your own models, discounts or newer prices.
+DEFAULT_PRICING: dict[str, dict[str, float]] = {
+    "gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.60},
+    "gpt-4o": {"input": 2.50, "cached_input": 1.25, "output": 10.00},
+    "gpt-4.1": {"input": 2.00, "cached_input": 0.50, "output": 8.00},
+    "gpt-4.1-mini": {"input": 0.40, "cached_input": 0.10, "output": 1.60},
+    "gpt-4.1-nano": {"input": 0.10, "cached_input": 0.025, "output": 0.40},
+}
+
+
 class Config(_Section):
     """Everything a run needs. Build it with :func:`load_config`, or directly in code."""
 
@@ -176,7 +215,30 @@ class Config(_Section):
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     write: WriteSettings = Field(default_factory=WriteSettings)
     input: InputSettings = Field(default_factory=InputSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    pricing: dict[str, Price] = Field(
+        default_factory=lambda: {k: Price(**v) for k, v in DEFAULT_PRICING.items()}
+    )
     source: str | None = Field(default=None, description="the YAML file read, if any")
+
+    @field_validator("pricing", mode="before")
+    @classmethod
+    def _on_top_of_defaults(cls, v: Any) -> Any:
+        return {**DEFAULT_PRICING, **v} if isinstance(v, dict) else v
+
+    def price(self, model: str) -> Price | None:
+        """The price of ``model``: an exact entry, else the longest entry it starts with
+        (``gpt-4o-mini-2024-07-18`` is priced as ``gpt-4o-mini``)."""
+        if model in self.pricing:
+            return self.pricing[model]
+        matches = [name for name in self.pricing if model.startswith(name)]
+        return self.pricing[max(matches, key=len)] if matches else None
+
+    def cost(self, model: str, usage: Any) -> float | None:
+        price = self.price(model)
+        if price is None:
+            return None
+        return price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
 
     def secrets(self) -> list[SecretStr]:
         return [s for s in (self.llm.api_key, self.chatdash.api_key) if s is not None]
@@ -262,6 +324,11 @@ def load_config(
         value = env.get(var)
         if value:  # an empty variable counts as unset
             _merge(merged, {section: {key: value}}, var, origins)
+
+    ledger_path = str((merged.get("ledger") or {}).get("path") or "")
+    if ledger_path.lower() in ("off", "none", "false", "0"):
+        merged["ledger"]["path"] = None
+        merged["ledger"]["enabled"] = False
 
     if overrides:
         _merge(merged, _drop_none(overrides), "command line", origins)

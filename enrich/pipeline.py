@@ -19,12 +19,13 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from .config import Config, load_config
-from .errors import ChatDashError
+from .errors import ChatDashError, ConfigError
+from .ledger import Fingerprint, Ledger, LedgerEntry, State, default_ledger_path, digest
 from .schema import Enrichment, build_update, ground_queries, output_schema
 from .transcript import CallMetadata, Transcript, parse_transcript
 from .usage import Usage
 
-__all__ = ["Enricher", "EnrichmentResult", "TranscriptInput"]
+__all__ = ["Enricher", "EnrichmentResult", "ReplayReport", "TranscriptInput"]
 
 T = TypeVar("T")
 
@@ -54,9 +55,26 @@ class EnrichmentResult(BaseModel):
     parts: int = Field(default=1, description="parts the transcript was cut into")
     transcript_tokens: int = Field(default=0, description="the transcript's tokens, as estimated")
     metadata: CallMetadata = Field(default_factory=CallMetadata)
+    cost: float | None = Field(
+        default=None, description="USD, from the price table; None: no price"
+    )
+    reused: bool = Field(
+        default=False, description="the enrichment came from the ledger: no LLM call, no cost"
+    )
+    already_written: bool = Field(
+        default=False, description="the same body was written before: nothing was sent"
+    )
     agent_id: str | None = None
     conversation_id: str | None = None
     written: bool = False
+
+
+class ReplayReport(BaseModel):
+    """What ``replay`` did."""
+
+    written: int = 0
+    skipped: int = Field(default=0, description="claimed by another process at the time")
+    failed: list[str] = Field(default_factory=list)
 
 
 class _LoopThread:
@@ -113,6 +131,10 @@ class Enricher:
         self.chatdash = ChatDash(self.config.chatdash)
         self._schema = output_schema(self.config.analysis.taxonomy)
         self._sync = _LoopThread()
+        ledger = self.config.ledger
+        self.ledger: Ledger | None = (
+            Ledger(ledger.path or default_ledger_path()) if ledger.enabled else None
+        )
 
     @classmethod
     def from_env(cls, config_path: str | None = None, **overrides: Any) -> Enricher:
@@ -149,20 +171,25 @@ class Enricher:
             mode=self.config.llm.mode,
         )
 
-    async def aenrich(
-        self,
-        transcript: TranscriptInput,
-        *,
-        format: str | None = None,
-        agent_id: str | None = None,
-        conversation_id: str | None = None,
-    ) -> EnrichmentResult:
-        """Enrich one transcript; nothing is written."""
+    def fingerprint(self, transcript: Transcript) -> Fingerprint:
+        """What the enrichment of ``transcript`` depends on; the same fingerprint reuses the
+        ledger's enrichment instead of paying again."""
+        a = self.config.analysis
+        turns = [(t.role.value, t.text) for t in transcript.turns]
+        return Fingerprint(
+            transcript_hash=digest(turns),
+            model=self.config.llm.model,
+            prompt_hash=digest(
+                [self.prompts.fingerprint(), a.language, a.business_context, a.success_criteria]
+            ),
+            taxonomy_hash=digest([t.model_dump() for t in a.taxonomy]),
+        )
+
+    async def _ask(self, parsed: Transcript) -> tuple[Any, str, int, int]:
+        """The LLM's validated answer: (LLMResult, strategy, parts, transcript tokens)."""
         from .longcall import map_reduce, plan
 
-        parsed = self.parse(transcript, format=format)
         the_plan = plan(parsed, self.config, self.prompts, self._schema)
-        parts = 1
         if the_plan.strategy == "single":
             messages = self.prompts.messages(
                 parsed, self.config.analysis, schema=self._schema, mode=self.config.llm.mode
@@ -174,66 +201,241 @@ class Enricher:
                 reask=self.prompts.reask,
                 context={"taxonomy": self.config.analysis.taxonomy},
             )
-        else:
-            answer, parts = await map_reduce(
-                parsed, the_plan, self.config, self.prompts, self.llm, self._schema
-            )
+            return answer, "single", 1, the_plan.transcript_tokens
+        answer, parts = await map_reduce(
+            parsed, the_plan, self.config, self.prompts, self.llm, self._schema
+        )
+        return answer, "map_reduce", parts, the_plan.transcript_tokens
+
+    def _update(self, enrichment: Enrichment, parsed: Transcript) -> dict[str, Any]:
+        metadata = parsed.metadata if self.config.write.metadata else None
+        return build_update(enrichment, self.config.write.fields, metadata).body()
+
+    async def _enrich(
+        self,
+        parsed: Transcript,
+        agent_id: str | None,
+        conversation_id: str | None,
+        *,
+        force: bool,
+        state: State,
+    ) -> tuple[EnrichmentResult, LedgerEntry | None]:
+        """Enrich, or reuse the ledger's enrichment; store a fresh one in ``state`` at once."""
+        ledger = self.ledger if agent_id and conversation_id else None
+        fingerprint = self.fingerprint(parsed)
+        base = {
+            "transcript_format": parsed.format,
+            "turns": len(parsed.turns),
+            "metadata": parsed.metadata,
+            "agent_id": agent_id,
+            "conversation_id": conversation_id,
+        }
+        if ledger is not None and not force:
+            entry = ledger.get(agent_id, conversation_id)  # type: ignore[arg-type]
+            if entry is not None and entry.fingerprint == fingerprint:
+                enrichment = Enrichment.model_validate(entry.enrichment["enrichment"])
+                result = EnrichmentResult(
+                    enrichment=enrichment,
+                    update=self._update(enrichment, parsed),
+                    usage=Usage(),
+                    attempts=0,
+                    model=entry.model,
+                    dropped_queries=entry.enrichment.get("dropped_queries", []),
+                    reused=True,
+                    **base,
+                )
+                return result, entry
+
+        answer, strategy, parts, tokens = await self._ask(parsed)
         kept, dropped = ground_queries(
             answer.value.misunderstood_queries, [t.text for t in parsed.user_turns]
         )
         enrichment = answer.value.model_copy(update={"misunderstood_queries": kept})
-        metadata = parsed.metadata if self.config.write.metadata else None
-        update = build_update(enrichment, self.config.write.fields, metadata).body()
-        return EnrichmentResult(
+        result = EnrichmentResult(
             enrichment=enrichment,
-            update=update,
+            update=self._update(enrichment, parsed),
             usage=answer.usage,
+            cost=self.config.cost(answer.model, answer.usage),
             attempts=answer.attempts,
             model=answer.model,
             dropped_queries=dropped,
-            transcript_format=parsed.format,
-            turns=len(parsed.turns),
-            strategy=the_plan.strategy,
+            strategy=strategy,
             parts=parts,
-            transcript_tokens=the_plan.transcript_tokens,
-            metadata=parsed.metadata,
-            agent_id=agent_id,
-            conversation_id=conversation_id,
+            transcript_tokens=tokens,
+            **base,
         )
+        if ledger is not None:
+            ledger.record(
+                agent_id,  # type: ignore[arg-type]
+                conversation_id,  # type: ignore[arg-type]
+                fingerprint.model_copy(update={"model": self.config.llm.model}),
+                enrichment={
+                    "enrichment": enrichment.model_dump(mode="json"),
+                    "dropped_queries": dropped,
+                    "strategy": strategy,
+                    "parts": parts,
+                },
+                body=result.update,
+                usage=result.usage,
+                cost=result.cost,
+                state=state,
+            )
+        return result, None
+
+    async def aenrich(
+        self,
+        transcript: TranscriptInput,
+        *,
+        format: str | None = None,
+        agent_id: str | None = None,
+        conversation_id: str | None = None,
+        force: bool = False,
+    ) -> EnrichmentResult:
+        """Enrich one transcript; nothing is written to ChatDash.
+
+        With both ids and a ledger, the result is kept there (``enriched``), and a transcript
+        already enriched with the same model, prompts and taxonomy is not paid for twice
+        (``force`` asks the LLM anyway).
+        """
+        parsed = self.parse(transcript, format=format)
+        result, _ = await self._enrich(
+            parsed, agent_id, conversation_id, force=force, state=State.ENRICHED
+        )
+        return result
 
     async def awrite(self, result: EnrichmentResult) -> EnrichmentResult:
-        """PUT ``result.update`` to its conversation; returns the result marked written."""
+        """PUT ``result.update`` to its conversation; returns the result marked written.
+
+        With a ledger, a write that fails stays ``pending`` (or ``failed``, when ChatDash
+        refused it) with its error, for ``enrich replay``.
+        """
+        agent_id, conversation_id = result.agent_id or "", result.conversation_id or ""
         try:
-            await self.chatdash.update_conversation(
-                result.agent_id or "", result.conversation_id or "", result.update
-            )
+            await self.chatdash.update_conversation(agent_id, conversation_id, result.update)
         except ChatDashError as exc:
+            if self.ledger is not None:
+                permanent = exc.status_code is not None and 400 <= exc.status_code < 500
+                self.ledger.write_failed(
+                    agent_id,
+                    conversation_id,
+                    str(exc),
+                    permanent=permanent and exc.status_code != 429,
+                )
             exc.result = result  # paid for: hand it back with the error
             raise
+        if self.ledger is not None:
+            self.ledger.written(agent_id, conversation_id, result.update)
         return result.model_copy(update={"written": True})
+
+    async def afetch(self, agent_id: str, conversation_id: str) -> Transcript:
+        """The conversation's transcript, from ChatDash's messages."""
+        messages = await self.chatdash.get_messages(agent_id, conversation_id)
+        source = f"messages of conversation {conversation_id}"
+        return parse_transcript(messages, source=source, max_bytes=self.config.input.max_bytes)
+
+    async def aresolve(self, agent_id: str, platform_id: str) -> str:
+        """ChatDash's conversation id for a platform's call id."""
+        return await self.chatdash.resolve(agent_id, platform_id)
 
     async def aenrich_and_write(
         self,
         agent_id: str,
         conversation_id: str,
-        transcript: TranscriptInput,
+        transcript: TranscriptInput | None = None,
         *,
         format: str | None = None,
+        force: bool = False,
     ) -> EnrichmentResult:
-        """Enrich one transcript and write the result to its ChatDash conversation."""
+        """Enrich one conversation and write the result to ChatDash.
+
+        Without ``transcript`` the messages are fetched from ChatDash. With a ledger the
+        enrichment is stored before the write is tried; an unchanged conversation that was
+        already written is not paid for nor written again (``force`` does both).
+        """
         from .chatdash import conversation_path
 
         conversation_path(agent_id, conversation_id)  # bad ids fail before anything is paid
-        parsed = self.parse(transcript, format=format)
         self.chatdash.check()  # a write that cannot happen is known before the LLM is paid
-        result = await self.aenrich(parsed, agent_id=agent_id, conversation_id=conversation_id)
+        if transcript is None:
+            parsed = await self.afetch(agent_id, conversation_id)
+        else:
+            parsed = self.parse(transcript, format=format)
+        result, entry = await self._enrich(
+            parsed, agent_id, conversation_id, force=force, state=State.PENDING
+        )
+        if entry is not None and self.ledger is not None:
+            if entry.state == State.WRITTEN and entry.body == result.update:
+                self.ledger.note(agent_id, conversation_id, "skipped", {"why": "already written"})
+                return result.model_copy(update={"written": True, "already_written": True})
+            self.ledger.queue(agent_id, conversation_id, result.update, "reused")
         return await self.awrite(result)
+
+    async def areplay(self, *, include_failed: bool = False) -> ReplayReport:
+        """Send every ``pending`` write again (and ``failed`` ones with ``include_failed``);
+        no LLM call. Safe to run twice, or beside a batch: each write is claimed first."""
+        if self.ledger is None:
+            raise ConfigError("replay needs the ledger (it is disabled: ledger.enabled)")
+        self.chatdash.check()
+        states = [State.PENDING] + ([State.FAILED] if include_failed else [])
+        report = ReplayReport()
+        for state in states:
+            for entry in self.ledger.entries(state):
+                if not self.ledger.claim(entry.agent_id, entry.conversation_id):
+                    report.skipped += 1
+                    continue
+                result = EnrichmentResult(
+                    enrichment=Enrichment.model_validate(entry.enrichment["enrichment"]),
+                    update=entry.body,
+                    usage=Usage(),
+                    attempts=0,
+                    model=entry.model,
+                    transcript_format="ledger",
+                    turns=0,
+                    reused=True,
+                    agent_id=entry.agent_id,
+                    conversation_id=entry.conversation_id,
+                )
+                try:
+                    await self.awrite(result)
+                except ChatDashError as exc:
+                    report.failed.append(f"{entry.agent_id}/{entry.conversation_id}: {exc}")
+                else:
+                    report.written += 1
+        return report
 
     # -- synchronous twins ----------------------------------------------------------------------
 
-    def enrich(self, transcript: TranscriptInput, *, format: str | None = None) -> EnrichmentResult:
+    def enrich(
+        self,
+        transcript: TranscriptInput,
+        *,
+        format: str | None = None,
+        agent_id: str | None = None,
+        conversation_id: str | None = None,
+        force: bool = False,
+    ) -> EnrichmentResult:
         """Synchronous :meth:`aenrich`."""
-        return self._sync.run(self.aenrich(transcript, format=format))
+        return self._sync.run(
+            self.aenrich(
+                transcript,
+                format=format,
+                agent_id=agent_id,
+                conversation_id=conversation_id,
+                force=force,
+            )
+        )
+
+    def fetch(self, agent_id: str, conversation_id: str) -> Transcript:
+        """Synchronous :meth:`afetch`."""
+        return self._sync.run(self.afetch(agent_id, conversation_id))
+
+    def resolve(self, agent_id: str, platform_id: str) -> str:
+        """Synchronous :meth:`aresolve`."""
+        return self._sync.run(self.aresolve(agent_id, platform_id))
+
+    def replay(self, *, include_failed: bool = False) -> ReplayReport:
+        """Synchronous :meth:`areplay`."""
+        return self._sync.run(self.areplay(include_failed=include_failed))
 
     def write(self, result: EnrichmentResult) -> EnrichmentResult:
         """Synchronous :meth:`awrite`."""
@@ -243,13 +445,16 @@ class Enricher:
         self,
         agent_id: str,
         conversation_id: str,
-        transcript: TranscriptInput,
+        transcript: TranscriptInput | None = None,
         *,
         format: str | None = None,
+        force: bool = False,
     ) -> EnrichmentResult:
         """Synchronous :meth:`aenrich_and_write`."""
         return self._sync.run(
-            self.aenrich_and_write(agent_id, conversation_id, transcript, format=format)
+            self.aenrich_and_write(
+                agent_id, conversation_id, transcript, format=format, force=force
+            )
         )
 
     # -- lifecycle ------------------------------------------------------------------------------

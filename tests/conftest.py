@@ -78,15 +78,25 @@ def make_config(llm: FakeLLM, chatdash: FakeChatDash | None = None, /, **section
             "timeout": 5,
         },
     }
+    overrides["ledger"] = {"enabled": False}  # tests that want one pass ledger={"path": ...}
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
+    if "path" in overrides["ledger"]:
+        overrides["ledger"].setdefault("enabled", True)
+        overrides["ledger"]["enabled"] = True
     return load_config(None, overrides, environ={})
 
 
 @pytest.fixture
 def env(monkeypatch, fake_llm, fake_chatdash, tmp_path):
     """The environment a CLI user would set, aimed at the fakes; no config file."""
-    for var in ("ENRICH_CONFIG", "ENRICH_MODEL", "ENRICH_LLM_MODE", "ENRICH_PROMPTS_DIR"):
+    for var in (
+        "ENRICH_CONFIG",
+        "ENRICH_MODEL",
+        "ENRICH_LLM_MODE",
+        "ENRICH_PROMPTS_DIR",
+        "ENRICH_LEDGER",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.url)
@@ -98,6 +108,12 @@ def env(monkeypatch, fake_llm, fake_chatdash, tmp_path):
         "llm:\n  max_retries: 0\n  timeout: 5\nchatdash:\n  backoff: 0.01\n  timeout: 5\n"
     )
     monkeypatch.setenv("ENRICH_CONFIG", str(cfg))
+    monkeypatch.setenv("ENRICH_LEDGER", str(tmp_path / "ledger.sqlite3"))
     transcript = tmp_path / "call.txt"
     transcript.write_text(TRANSCRIPT)
-    return {"config": cfg, "transcript": transcript, "tmp": tmp_path}
+    return {
+        "config": cfg,
+        "transcript": transcript,
+        "tmp": tmp_path,
+        "ledger": tmp_path / "ledger.sqlite3",
+    }

@@ -136,6 +136,7 @@ ENV_SAMPLES = {
     "CHATDASH_API_KEY": ("CD.env-chatdash-key", lambda c: c.chatdash.api_key.get_secret_value()),
     "CHATDASH_BASE_URL": ("https://chatdash.example/v1", lambda c: c.chatdash.base_url),
     "ENRICH_PROMPTS_DIR": ("/srv/prompts", lambda c: c.analysis.prompts_dir),
+    "ENRICH_LEDGER": ("/srv/enrich/ledger.sqlite3", lambda c: c.ledger.path),
 }
 
 
@@ -147,7 +148,7 @@ def test_env_samples_cover_every_env_var():
 def test_each_env_var_maps_to_its_setting(var):
     value, read = ENV_SAMPLES[var]
     config = load_config(None, environ={var: value})
-    expected = Path(value) if var == "ENRICH_PROMPTS_DIR" else value
+    expected = Path(value) if var in ("ENRICH_PROMPTS_DIR", "ENRICH_LEDGER") else value
     assert read(config) == expected
     section, key = ENV_VARS[var]
     assert getattr(getattr(config, section), key) != getattr(getattr(Config(), section), key)
@@ -162,11 +163,12 @@ def test_each_env_var_wins_over_the_file(tmp_path, var):
         "model": "file-model",
         "mode": "json_object",
         "prompts_dir": "/file/prompts",
+        "path": "/file/ledger.sqlite3",
     }
     path = _write(tmp_path, f"{section}:\n  {key}: {file_values[key]}\n")
     value, read = ENV_SAMPLES[var]
     config = load_config(path, environ={var: value})
-    expected = Path(value) if var == "ENRICH_PROMPTS_DIR" else value
+    expected = Path(value) if var in ("ENRICH_PROMPTS_DIR", "ENRICH_LEDGER") else value
     assert read(config) == expected
 
 

@@ -1,0 +1,406 @@
+"""The ledger: what happened to each conversation, in an embedded SQLite database.
+
+Every enrichment is stored the moment the LLM's answer is validated, before any write is tried,
+so a result that was paid for survives a failed write, a crash or a ``kill -9``. For each
+conversation it keeps the inputs' fingerprints (transcript, model, prompts, taxonomy), the
+enrichment, the tokens and cost, the PUT body, and the write's state:
+
+``enriched``  paid for, not asked to be written (``--dry-run``)
+``pending``   to be written: not yet tried, or failed for a reason that may pass (replay it)
+``written``   ChatDash took it
+``failed``    ChatDash refused it (4xx): replay it with ``--failed`` once the cause is fixed
+
+Every step is also appended to an ``events`` table, the conversation's history.
+
+Several processes may share one ledger (a webhook fleet, a batch and a replay): the database
+runs in WAL mode, every change is one short ``BEGIN IMMEDIATE`` transaction, and ``replay``
+claims rows with a lease so two replays do not send the same write at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .errors import ConfigError
+from .usage import Usage
+
+__all__ = ["Ledger", "LedgerEntry", "LedgerEvent", "State", "Fingerprint", "default_ledger_path"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    agent_id        TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    transcript_hash TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    prompt_hash     TEXT NOT NULL,
+    taxonomy_hash   TEXT NOT NULL,
+    enrichment      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    requests          INTEGER NOT NULL DEFAULT 0,
+    cost            REAL,
+    state           TEXT NOT NULL CHECK (state IN ('enriched', 'pending', 'written', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    claimed_until   REAL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    written_at      TEXT,
+    PRIMARY KEY (agent_id, conversation_id)
+);
+CREATE INDEX IF NOT EXISTS conversations_state ON conversations (state);
+CREATE TABLE IF NOT EXISTS events (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id        TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    at              TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    detail          TEXT
+);
+CREATE INDEX IF NOT EXISTS events_conversation ON events (conversation_id, agent_id);
+"""
+
+
+class State(StrEnum):
+    ENRICHED = "enriched"
+    PENDING = "pending"
+    WRITTEN = "written"
+    FAILED = "failed"
+
+
+def default_ledger_path() -> Path:
+    """``$ENRICH_LEDGER``'s default: the user's data directory."""
+    from platformdirs import user_data_path
+
+    return user_data_path("enrich", appauthor=False) / "ledger.sqlite3"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def digest(value: Any) -> str:
+    """A stable SHA-256 of a JSON-able value."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Fingerprint(BaseModel):
+    """What an enrichment depends on: the same fingerprint means the same question to the LLM."""
+
+    transcript_hash: str
+    model: str
+    prompt_hash: str
+    taxonomy_hash: str
+
+
+class LedgerEntry(Fingerprint):
+    agent_id: str
+    conversation_id: str
+    enrichment: dict[str, Any]
+    body: dict[str, Any]
+    usage: Usage
+    cost: float | None = None
+    state: State
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: str
+    updated_at: str
+    written_at: str | None = None
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(
+            transcript_hash=self.transcript_hash,
+            model=self.model,
+            prompt_hash=self.prompt_hash,
+            taxonomy_hash=self.taxonomy_hash,
+        )
+
+
+class LedgerEvent(BaseModel):
+    at: str
+    event: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+def _entry(row: sqlite3.Row) -> LedgerEntry:
+    data = dict(row)
+    usage = Usage(
+        prompt_tokens=data.pop("prompt_tokens"),
+        completion_tokens=data.pop("completion_tokens"),
+        cached_tokens=data.pop("cached_tokens"),
+        requests=data.pop("requests"),
+    )
+    data.pop("claimed_until", None)
+    data["enrichment"] = json.loads(data["enrichment"])
+    data["body"] = json.loads(data["body"])
+    return LedgerEntry(usage=usage, **data)
+
+
+class Ledger:
+    """One ledger file. Safe to share between threads and between processes."""
+
+    def __init__(self, path: str | Path, *, lease_seconds: float = 300.0) -> None:
+        self.path = Path(path).expanduser()
+        self.lease_seconds = lease_seconds
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "lease_seconds": self.lease_seconds}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], lease_seconds=state["lease_seconds"])  # type: ignore[misc]
+
+    # -- connection -----------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: survives a killed process
+            conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{self.path}: cannot open the ledger: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot create the ledger: {exc.strerror}") from None
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @staticmethod
+    def _event(conn: sqlite3.Connection, agent: str, conv: str, event: str, detail: Any) -> None:
+        conn.execute(
+            "INSERT INTO events (agent_id, conversation_id, at, event, detail) VALUES (?,?,?,?,?)",
+            (agent, conv, _now(), event, json.dumps(detail, ensure_ascii=False)),
+        )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get(self, agent_id: str, conversation_id: str) -> LedgerEntry | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM conversations WHERE agent_id = ? AND conversation_id = ?",
+                (agent_id, conversation_id),
+            )
+            .fetchone()
+        )
+        return _entry(row) if row else None
+
+    def find(self, conversation_id: str, agent_id: str | None = None) -> list[LedgerEntry]:
+        sql = "SELECT * FROM conversations WHERE conversation_id = ?"
+        args: tuple[Any, ...] = (conversation_id,)
+        if agent_id is not None:
+            sql += " AND agent_id = ?"
+            args += (agent_id,)
+        return [_entry(r) for r in self._conn().execute(sql, args).fetchall()]
+
+    def history(self, agent_id: str, conversation_id: str) -> list[LedgerEvent]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT at, event, detail FROM events WHERE agent_id = ? AND conversation_id = ? "
+                "ORDER BY id",
+                (agent_id, conversation_id),
+            )
+            .fetchall()
+        )
+        return [
+            LedgerEvent(at=r["at"], event=r["event"], detail=json.loads(r["detail"] or "{}"))
+            for r in rows
+        ]
+
+    def entries(self, state: State | None = None) -> list[LedgerEntry]:
+        if state is None:
+            rows = (
+                self._conn().execute("SELECT * FROM conversations ORDER BY updated_at").fetchall()
+            )
+        else:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT * FROM conversations WHERE state = ? ORDER BY updated_at",
+                    (state.value,),
+                )
+                .fetchall()
+            )
+        return [_entry(r) for r in rows]
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per state: conversations, tokens and cost."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT state, COUNT(*) AS conversations, SUM(prompt_tokens) AS prompt_tokens, "
+                "SUM(completion_tokens) AS completion_tokens, SUM(cached_tokens) AS cached_tokens, "
+                "SUM(requests) AS requests, SUM(cost) AS cost, COUNT(cost) AS costed "
+                "FROM conversations GROUP BY state ORDER BY state"
+            )
+            .fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def record(
+        self,
+        agent_id: str,
+        conversation_id: str,
+        fingerprint: Fingerprint,
+        *,
+        enrichment: dict[str, Any],
+        body: dict[str, Any],
+        usage: Usage,
+        cost: float | None,
+        state: State,
+    ) -> None:
+        """Store a fresh enrichment (replacing an older one): the paid-for result is safe."""
+        now = _now()
+        with self._tx() as conn:
+            conn.execute(
+                """
+                INSERT INTO conversations (
+                    agent_id, conversation_id, transcript_hash, model, prompt_hash, taxonomy_hash,
+                    enrichment, body, prompt_tokens, completion_tokens, cached_tokens, requests,
+                    cost, state, attempts, last_error, claimed_until, created_at, updated_at,
+                    written_at
+                ) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,NULL,NULL,?,?,NULL)
+                ON CONFLICT (agent_id, conversation_id) DO UPDATE SET
+                    transcript_hash = excluded.transcript_hash, model = excluded.model,
+                    prompt_hash = excluded.prompt_hash, taxonomy_hash = excluded.taxonomy_hash,
+                    enrichment = excluded.enrichment, body = excluded.body,
+                    prompt_tokens = excluded.prompt_tokens,
+                    completion_tokens = excluded.completion_tokens,
+                    cached_tokens = excluded.cached_tokens, requests = excluded.requests,
+                    cost = excluded.cost, state = excluded.state, attempts = 0,
+                    last_error = NULL, claimed_until = NULL, updated_at = excluded.updated_at,
+                    written_at = NULL
+                """,
+                (
+                    agent_id,
+                    conversation_id,
+                    fingerprint.transcript_hash,
+                    fingerprint.model,
+                    fingerprint.prompt_hash,
+                    fingerprint.taxonomy_hash,
+                    json.dumps(enrichment, ensure_ascii=False),
+                    json.dumps(body, ensure_ascii=False),
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.cached_tokens,
+                    usage.requests,
+                    cost,
+                    state.value,
+                    now,
+                    now,
+                ),
+            )
+            self._event(
+                conn,
+                agent_id,
+                conversation_id,
+                "enriched",
+                {
+                    "model": fingerprint.model,
+                    "usage": usage.model_dump(),
+                    "cost": cost,
+                    "state": state.value,
+                },
+            )
+
+    def queue(self, agent_id: str, conversation_id: str, body: dict[str, Any], event: str) -> None:
+        """Mark a stored enrichment ``pending`` with ``body`` (reused, or re-narrowed)."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE conversations SET state = 'pending', body = ?, updated_at = ? "
+                "WHERE agent_id = ? AND conversation_id = ?",
+                (json.dumps(body, ensure_ascii=False), _now(), agent_id, conversation_id),
+            )
+            self._event(conn, agent_id, conversation_id, event, {})
+
+    def claim(self, agent_id: str, conversation_id: str) -> bool:
+        """Take the write of one conversation for ``lease_seconds``; False if another process
+        holds it or it is no longer waiting to be written."""
+        now = time.time()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE conversations SET claimed_until = ? WHERE agent_id = ? AND "
+                "conversation_id = ? AND state IN ('pending', 'failed') AND "
+                "(claimed_until IS NULL OR claimed_until < ?)",
+                (now + self.lease_seconds, agent_id, conversation_id, now),
+            )
+            return cur.rowcount == 1
+
+    def written(self, agent_id: str, conversation_id: str, body: dict[str, Any]) -> None:
+        now = _now()
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE conversations SET state = 'written', attempts = attempts + 1, "
+                "last_error = NULL, claimed_until = NULL, updated_at = ?, written_at = ? "
+                "WHERE agent_id = ? AND conversation_id = ? AND body = ?",
+                (now, now, agent_id, conversation_id, json.dumps(body, ensure_ascii=False)),
+            )
+            self._event(conn, agent_id, conversation_id, "written", {})
+
+    def write_failed(
+        self, agent_id: str, conversation_id: str, error: str, *, permanent: bool
+    ) -> None:
+        state = State.FAILED if permanent else State.PENDING
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE conversations SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "claimed_until = NULL, updated_at = ? WHERE agent_id = ? AND conversation_id = ?",
+                (state.value, error, _now(), agent_id, conversation_id),
+            )
+            self._event(
+                conn,
+                agent_id,
+                conversation_id,
+                "write_failed",
+                {"error": error, "state": state.value},
+            )
+
+    def note(self, agent_id: str, conversation_id: str, event: str, detail: Any = None) -> None:
+        with self._tx() as conn:
+            self._event(conn, agent_id, conversation_id, event, detail or {})
