@@ -273,22 +273,50 @@ def _read(transcript: str, fmt: str | None, config: Config) -> Any:
 # -- commands ------------------------------------------------------------------------------------
 
 
+AgentOpt = Annotated[
+    str | None,
+    typer.Option("--agent-id", "-a", help="ChatDash agent id.", show_default=False),
+]
+ConversationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--conversation-id", "-C", help="ChatDash conversation id (_id).", show_default=False
+    ),
+]
+
+
 @app.command()
 def run(
-    transcript: TranscriptOpt,
-    agent_id: Annotated[
-        str | None, typer.Option("--agent-id", "-a", help="ChatDash agent id.", show_default=False)
-    ] = None,
-    conversation_id: Annotated[
+    agent_id: AgentOpt = None,
+    conversation_id: ConversationOpt = None,
+    platform_id: Annotated[
         str | None,
         typer.Option(
-            "--conversation-id", "-C", help="ChatDash conversation id (_id).", show_default=False
+            "--platform-id",
+            "-P",
+            help="The platform's call id (Retell call_id, Vapi or ElevenLabs id) instead of "
+            "--conversation-id: resolved to ChatDash's id first.",
+            show_default=False,
+        ),
+    ] = None,
+    transcript: Annotated[
+        str | None,
+        typer.Option(
+            "--transcript",
+            "-t",
+            help="Transcript file, or - for standard input. Default: fetch the conversation's "
+            "messages from ChatDash.",
+            show_default=False,
         ),
     ] = None,
     config: ConfigOpt = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Enrich, write nothing, print the body that would be PUT."),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Ask the LLM again even if the ledger holds this enrichment."),
     ] = False,
     as_json: JsonOpt = False,
     fmt: FormatOpt = None,
@@ -308,28 +336,54 @@ def run(
     """Enrich one conversation and write the result to ChatDash."""
     _start(verbose, as_json)
     with _guard():
-        if not dry_run and not (agent_id and conversation_id):
-            raise InputError("--agent-id and --conversation-id are required (or use --dry-run)")
+        if conversation_id and platform_id:
+            raise InputError("give --conversation-id or --platform-id, not both")
+        has_target = bool(agent_id and (conversation_id or platform_id))
+        if not dry_run and not has_target:
+            raise InputError(
+                "--agent-id and --conversation-id (or --platform-id) are required "
+                "(or use --dry-run with --transcript)"
+            )
+        if transcript is None and not has_target:
+            raise InputError(
+                "--transcript is required without --agent-id and --conversation-id "
+                "(with them, the transcript is fetched from ChatDash)"
+            )
         cfg = _config(config, model=model, mode=mode, write_metadata=write_metadata)
         from .chatdash import conversation_path
         from .pipeline import Enricher
 
-        if agent_id is not None or conversation_id is not None:
-            conversation_path(agent_id or "", conversation_id or "")  # checks both ids
-        parsed = _read(transcript, fmt, cfg)
+        if agent_id is not None or conversation_id or platform_id:
+            conversation_path(agent_id or "", conversation_id or platform_id or "")
+        parsed = _read(transcript, fmt, cfg) if transcript is not None else None
         enricher = Enricher(cfg)
         try:
+            if platform_id:
+                conversation_id = enricher.resolve(agent_id, platform_id)  # type: ignore[arg-type]
+                log.info("platform id %s is conversation %s", platform_id, conversation_id)
             if dry_run:
-                result = enricher.enrich(parsed)
-                result = result.model_copy(
-                    update={"agent_id": agent_id, "conversation_id": conversation_id}
+                if parsed is None:
+                    parsed = enricher.fetch(agent_id, conversation_id)  # type: ignore[arg-type]
+                result = enricher.enrich(
+                    parsed, agent_id=agent_id, conversation_id=conversation_id, force=force
                 )
             else:
-                result = enricher.enrich_and_write(agent_id, conversation_id, parsed)  # type: ignore[arg-type]
+                result = enricher.enrich_and_write(
+                    agent_id,  # type: ignore[arg-type]
+                    conversation_id,  # type: ignore[arg-type]
+                    parsed,
+                    force=force,
+                )
         except ChatDashError as exc:
-            if exc.result is not None and not as_json:
-                _out(json.dumps(exc.result.update, ensure_ascii=False))
-                _err("enrich: the enrichment was paid for: its body is on stdout")
+            if exc.result is not None:
+                if not as_json:
+                    _out(json.dumps(exc.result.update, ensure_ascii=False))
+                    _err("enrich: the enrichment was paid for: its body is on stdout")
+                if enricher.ledger is not None:
+                    _err(
+                        f"enrich: it is kept in the ledger ({enricher.ledger.path}); "
+                        "`enrich replay` sends it again"
+                    )
             raise
         finally:
             enricher.close()
@@ -358,6 +412,12 @@ def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
         _out(f"success: {str(e.evaluation.is_success).lower()}  ({e.evaluation.reason})")
         _out(f"summary: {e.summary}")
         _out(f"misunderstood queries: {len(e.misunderstood_queries)}")
+    if result.reused:
+        dropped += "; reused the ledger's enrichment (no LLM call; --force asks again)"
+    if result.already_written:
+        dropped += "; already written with the same body, nothing sent"
+    if result.cost is not None:
+        dropped += f"; ${result.cost:.6f}"
     if result.strategy == "map_reduce":
         dropped += (
             f"; the call (~{result.transcript_tokens:,} tokens) was over the context budget: "
@@ -369,6 +429,141 @@ def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
         )
     elif not as_json:
         _err(f"enrich: {result.attempts} LLM request(s), {tokens}{dropped}")
+
+
+@app.command()
+def replay(
+    failed: Annotated[
+        bool,
+        typer.Option("--failed", help="Also resend writes ChatDash refused (after a fix)."),
+    ] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Send every pending write in the ledger again (no LLM call). Safe to run twice."""
+    _start(verbose, as_json)
+    with _guard():
+        from .pipeline import Enricher
+
+        enricher = Enricher(_config(config))
+        try:
+            report = enricher.replay(include_failed=failed)
+        finally:
+            enricher.close()
+        if as_json:
+            _out(json.dumps({"ok": not report.failed, **report.model_dump()}))
+        else:
+            _out(
+                f"written: {report.written}, failed: {len(report.failed)}, "
+                f"skipped (another process had them): {report.skipped}"
+            )
+        for line in report.failed:
+            _err(f"enrich: {line}")
+        if report.failed:
+            raise ChatDashError(f"{len(report.failed)} write(s) failed again; still in the ledger")
+
+
+@app.command()
+def show(
+    conversation_id: Annotated[
+        str, typer.Option("--conversation-id", "-C", help="ChatDash conversation id.")
+    ],
+    agent_id: AgentOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print what the ledger knows about a conversation: its state, enrichment and history."""
+    _start(verbose, as_json)
+    with _guard():
+        ledger = _ledger(_config(config))
+        entries = ledger.find(conversation_id, agent_id)
+        if not entries:
+            raise InputError(f"conversation {conversation_id} is not in the ledger ({ledger.path})")
+        out = []
+        for entry in entries:
+            history = ledger.history(entry.agent_id, entry.conversation_id)
+            out.append(
+                {**entry.model_dump(mode="json"), "history": [h.model_dump() for h in history]}
+            )
+        if as_json:
+            _out(json.dumps(out if len(out) > 1 else out[0], ensure_ascii=False))
+            return
+        for item in out:
+            _out(f"conversation {item['conversation_id']} of agent {item['agent_id']}")
+            _out(f"  state: {item['state']} (attempts: {item['attempts']})")
+            if item["last_error"]:
+                _out(f"  last error: {item['last_error']}")
+            _out(f"  model: {item['model']}")
+            u = item["usage"]
+            cost = f", ${item['cost']:.6f}" if item["cost"] is not None else ""
+            _out(
+                f"  tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion "
+                f"({u['cached_tokens']} cached) in {u['requests']} request(s){cost}"
+            )
+            _out(f"  body: {json.dumps(item['body'], ensure_ascii=False)}")
+            _out("  history:")
+            for h in item["history"]:
+                detail = f" {json.dumps(h['detail'], ensure_ascii=False)}" if h["detail"] else ""
+                _out(f"    {h['at']}  {h['event']}{detail}")
+
+
+ledger_app = typer.Typer(help="The ledger of enriched conversations.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+def _ledger(cfg: Config) -> Any:
+    from .ledger import Ledger, default_ledger_path
+
+    if not cfg.ledger.enabled:
+        raise ConfigError("the ledger is disabled (ledger.enabled, or ENRICH_LEDGER=off)")
+    path = cfg.ledger.path or default_ledger_path()
+    if not path.exists():
+        raise InputError(f"{path}: no ledger yet (nothing was enriched with it)")
+    return Ledger(path)
+
+
+@ledger_app.command("stats")
+def ledger_stats(
+    config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False
+) -> None:
+    """Conversations by state, with tokens and cost."""
+    _start(verbose, as_json)
+    with _guard():
+        ledger = _ledger(_config(config))
+        rows = ledger.stats()
+        if as_json:
+            _out(json.dumps({"ledger": str(ledger.path), "states": rows}))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"ledger {ledger.path}")
+        for name in (
+            "state",
+            "conversations",
+            "requests",
+            "prompt tokens",
+            "cached",
+            "completion tokens",
+            "cost (USD)",
+        ):
+            table.add_column(name, justify="left" if name == "state" else "right")
+        totals = [0, 0, 0, 0, 0, 0.0]
+        for r in rows:
+            cost = "" if not r["costed"] else f"{r['cost']:.4f}"
+            values = [
+                r["conversations"],
+                r["requests"],
+                r["prompt_tokens"],
+                r["cached_tokens"],
+                r["completion_tokens"],
+            ]
+            table.add_row(r["state"], *[f"{v:,}" for v in values], cost)
+            totals = [t + (v or 0) for t, v in zip(totals, [*values, r["cost"]], strict=True)]
+        table.add_row("total", *[f"{v:,}" for v in totals[:5]], f"{totals[5]:.4f}", style="bold")
+        Console(width=120).print(table)
 
 
 @app.command()

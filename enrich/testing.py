@@ -389,7 +389,8 @@ class FakeChatDash(_Base):
 
     ``requests`` holds ``(method, raw_path, headers, body)`` for every request; ``violations``
     every contract violation found in a PUT body (such a PUT is answered 400). ``faults`` is a
-    queue of :class:`Fault` applied to the next requests, in order.
+    queue of :class:`Fault` applied to the next requests, in order; ``fail_rate`` answers that
+    share of the other PUTs with a 500, at random (``seed`` makes it repeatable).
     """
 
     def __init__(
@@ -400,11 +401,17 @@ class FakeChatDash(_Base):
         base_path: str = "/v1/public",
         latency: float = 0.0,
         require_existing: bool = False,
+        fail_rate: float = 0.0,
+        seed: int | None = None,
         port: int = 0,
     ) -> None:
         super().__init__(port)
+        import random
+
         self.api_key = api_key
         self.require_existing = require_existing
+        self.fail_rate = fail_rate  # PUTs answered 500 at random
+        self._random = random.Random(seed)
         self.put_schema = put_schema
         self.base_path = base_path.rstrip("/")
         self.latency = latency
@@ -437,6 +444,9 @@ class FakeChatDash(_Base):
                 (handler.command, handler.path, dict(handler.headers.items()), body)
             )
             fault = self.faults.popleft() if self.faults else None
+            if fault is None and handler.command == "PUT" and self.fail_rate:
+                if self._random.random() < self.fail_rate:
+                    fault = Fault(status=500, body={"error": "random fault"})
         if self.latency:
             time.sleep(self.latency)
         if fault is not None:

@@ -179,7 +179,8 @@ def test_schema_and_formats_and_version(env):
         (b'{"foo": 1}', "tried formats"),
         (b"Agent: Hello?\nAgent: Anyone there?", "no user turn"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary data"),
-        (b"User: caf\xe9 \xff\xfe", "not valid UTF-8"),
+        # not UTF-8, and not legacy text either (C1 control bytes): refused, not guessed at
+        (b"User: caf\xe9 \xff\xfe" + bytes(range(0x80, 0xA0)), "not valid UTF-8"),
     ],
     ids=[
         "empty",
@@ -214,7 +215,8 @@ def test_missing_transcript_file(env, fake_llm):
 
 def test_missing_ids_is_a_usage_error(env, fake_llm):
     r = run("run", "-t", str(env["transcript"]))
-    assert r.exit_code == 2 and "--agent-id and --conversation-id are required" in r.stderr
+    assert r.exit_code == 2
+    assert "--agent-id and --conversation-id (or --platform-id) are required" in r.stderr
     assert fake_llm.requests == []
 
 
