@@ -5,6 +5,11 @@ reads text or JSON, how to recognise its input, and how to turn it into a :class
 :func:`parse_transcript` decodes and checks the raw input once, then asks the formats in turn (or
 only the one named).
 
+Bytes are read as UTF-8; text that is not UTF-8 but plain Windows-1252 (else Latin-1) text is read
+as such, with a warning on this module's logger; binary data is refused. The platforms' formats
+(ChatDash, Retell, Vapi, ElevenLabs) live in :mod:`enrich.formats`, imported at the end of this
+module so the registry is always complete.
+
 Anything that cannot become a transcript with at least one user turn raises
 :class:`~enrich.errors.TranscriptError` with one line naming the problem and where it is.
 """
@@ -12,6 +17,7 @@ Anything that cannot become a transcript with at least one user turn raises
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -39,6 +45,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+
+logger = logging.getLogger(__name__)
 
 
 class Role(StrEnum):
@@ -150,7 +158,9 @@ def _has_words(text: str | None) -> bool:
     return bool(text) and any(ch.isalnum() for ch in text)  # type: ignore[union-attr]
 
 
-def _decode(raw: bytes, source: str, max_bytes: int) -> str:
+def _decode(raw: bytes, source: str, max_bytes: int, *, legacy: bool = True) -> str:
+    """Decode UTF-8 (with or without a BOM); with ``legacy``, text that is not UTF-8 is read as
+    Windows-1252 (else Latin-1) with a warning, unless it looks binary."""
     if len(raw) > max_bytes:
         raise TranscriptError(
             f"input is {len(raw):,} bytes, over the limit of {max_bytes:,} "
@@ -162,15 +172,31 @@ def _decode(raw: bytes, source: str, max_bytes: int) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        if not legacy:
+            raise TranscriptError(
+                f"not valid UTF-8: {where} cannot be decoded", source=source
+            ) from None
+    try:
+        text, label = raw.decode("cp1252"), "Windows-1252"
+    except UnicodeDecodeError:  # one of the five bytes Windows-1252 leaves undefined
+        text, label = raw.decode("latin-1"), "Latin-1"  # decodes any byte string
+    if _looks_binary(text):
         raise TranscriptError(
-            f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} cannot be decoded",
+            f"not valid UTF-8 ({where} cannot be decoded) and not {label} text either: "
+            "binary data, not a transcript",
             source=source,
-        ) from None
+        )
+    logger.warning("%s: not valid UTF-8 (%s); read as %s", source, where, label)
+    return text
 
 
 def _looks_binary(text: str) -> bool:
+    """Many control characters (C0 other than whitespace, DEL, C1): not text."""
     sample = text[:8192]
-    controls = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\t\n\r\f")
+    controls = sum(
+        1 for ch in sample if (ord(ch) < 32 and ch not in "\t\n\r\f") or 0x7F <= ord(ch) <= 0x9F
+    )
     return controls > max(8, len(sample) // 100)
 
 
@@ -199,8 +225,10 @@ def parse_transcript(
         text = None
     else:
         if isinstance(data, str):
-            data = data.encode("utf-8", "surrogatepass")
-        text = _decode(data, source, max_bytes)
+            # already text: never re-read it as a legacy encoding (lone surrogates are an error)
+            text = _decode(data.encode("utf-8", "surrogatepass"), source, max_bytes, legacy=False)
+        else:
+            text = _decode(data, source, max_bytes)
         if not text.strip():
             raise TranscriptError("empty transcript (no text at all)", source=source)
         if "\x00" in text or _looks_binary(text):
@@ -214,7 +242,7 @@ def parse_transcript(
         text_formats = [f for f in candidates if f.kind == "text"]
         if json_like:
             try:
-                value = json.loads(text)
+                value = _json_loads(text, source)
             except json.JSONDecodeError as exc:
                 # "[00:12] Agent: hi" starts with "[" but is text: let a text format claim it.
                 for fmt in text_formats:
@@ -236,7 +264,7 @@ def parse_transcript(
                     return _run(fmt, text, source)
             try:  # a bare JSON number, string or literal: say so, rather than "no labels"
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 value = None
             else:
                 tried = ", ".join(f.name for f in candidates if f.kind == "json")
@@ -263,6 +291,19 @@ def parse_transcript(
     )
 
 
+def _json_loads(text: str, source: str) -> Any:
+    """``json.loads``, with the errors it raises besides JSONDecodeError made TranscriptErrors."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise TranscriptError("invalid JSON: nested too deeply", source=source) from None
+    except ValueError as exc:  # an integer literal over Python's int-string conversion limit
+        reason = "a number with too many digits" if "digits" in str(exc) else str(exc)
+        raise TranscriptError(f"invalid JSON: {reason}", source=source) from None
+
+
 def _run(fmt: TranscriptFormat, value: Any, source: str) -> Transcript:
     try:
         transcript = fmt.parse(value)
@@ -279,7 +320,8 @@ def _run(fmt: TranscriptFormat, value: Any, source: str) -> Transcript:
 
 def _describe_json(value: Any) -> str:
     if isinstance(value, dict):
-        keys = ", ".join(list(map(str, value))[:6]) or "no keys"
+        # repr()'s escapes keep the message on one line whatever the keys hold
+        keys = ", ".join(repr(str(key))[1:-1] for key in list(value)[:6]) or "no keys"
         return f"an object with keys {keys}"
     if isinstance(value, list):
         return f"a list of {len(value)} item(s)"
@@ -427,8 +469,14 @@ def _chat_content(content: Any, index: int) -> str | None:
 
 
 def _parse_chat(value: list[dict[str, Any]]) -> Transcript:
+    if not isinstance(value, list):  # only when the format is forced
+        raise TranscriptError(f"expected a list of messages, not {_describe_json(value)}")
     turns: list[Turn] = []
     for index, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise TranscriptError(
+                f"message {index}: expected an object, not {_describe_json(message)}"
+            )
         role_name = message.get("role")
         if not isinstance(role_name, str) or role_name.lower() not in _CHAT_ROLES:
             known = ", ".join(_CHAT_ROLES)
@@ -451,3 +499,9 @@ register_format(
         parse=_parse_chat,
     )
 )
+
+
+# --------------------------------------------------------------------------------------------
+# The platform formats (ChatDash, Retell, Vapi, ElevenLabs) register themselves after these two.
+
+from . import formats as _formats  # noqa: E402,F401  registers the platform formats

@@ -22,6 +22,11 @@ from enrich.transcript import (
     register_format,
 )
 
+#: every registered format, in detection order: the two built in here, then the platforms'
+BUILT_IN = ["text", "chat", "chatdash", "elevenlabs", "retell", "vapi"]
+#: the JSON formats, as "tried formats: ..." lists them
+JSON_TRIED = "chat, chatdash, elevenlabs, retell, vapi"
+
 
 def _error(data, **kwargs) -> TranscriptError:
     with pytest.raises(TranscriptError) as info:
@@ -263,7 +268,7 @@ def test_invalid_json_object():
 
 def test_json_number_is_not_a_transcript():
     err = _error("42")
-    assert str(err) == "<input>: JSON of an unknown shape (a number); tried formats: chat"
+    assert str(err) == f"<input>: JSON of an unknown shape (a number); tried formats: {JSON_TRIED}"
 
 
 @pytest.mark.parametrize(
@@ -277,7 +282,7 @@ def test_json_number_is_not_a_transcript():
 )
 def test_bare_json_values_are_described(data, described):
     err = _error(data)
-    assert f"JSON of an unknown shape ({described}); tried formats: chat" in str(err)
+    assert f"JSON of an unknown shape ({described}); tried formats: {JSON_TRIED}" in str(err)
 
 
 def test_json_object_of_unknown_shape_says_which_formats_were_tried():
@@ -285,12 +290,14 @@ def test_json_object_of_unknown_shape_says_which_formats_were_tried():
     message = str(err)
     assert "JSON of an unknown shape" in message
     assert "an object with keys conversation_id, lines" in message
-    assert "tried formats: chat" in message
+    assert f"tried formats: {JSON_TRIED}" in message
 
 
 def test_json_list_of_unknown_shape():
     err = _error(["User: hi", "Agent: hello"])
-    assert "JSON of an unknown shape (a list of 2 item(s)); tried formats: chat" in str(err)
+    assert f"JSON of an unknown shape (a list of 2 item(s)); tried formats: {JSON_TRIED}" in str(
+        err
+    )
 
 
 def test_nul_bytes_are_binary():
@@ -303,9 +310,37 @@ def test_control_characters_are_binary():
     assert "binary data, not a transcript" in str(err)
 
 
-def test_undecodable_bytes_name_the_offset():
-    err = _error(b"User: caf\xe9 please")
-    assert "not valid UTF-8: byte 0xe9 at offset 9 cannot be decoded" in str(err)
+def test_windows_1252_text_is_read_with_a_warning(caplog):
+    # "café" and curly quotes as Windows-1252 (0xe9, 0x93/0x94): not UTF-8, but plain text
+    with caplog.at_level("WARNING", logger="enrich.transcript"):
+        t = parse_transcript(b"Agent: hi\nUser: caf\xe9 \x93please\x94", source="old.txt")
+    assert t.turns[1].text == "café \u201cplease\u201d"
+    assert caplog.messages == [
+        "old.txt: not valid UTF-8 (byte 0xe9 at offset 19); read as Windows-1252"
+    ]
+
+
+def test_latin_1_fallback_for_bytes_windows_1252_leaves_undefined(caplog):
+    # 0x81 is undefined in Windows-1252: Latin-1 reads it (one C1 control is still text)
+    with caplog.at_level("WARNING", logger="enrich.transcript"):
+        t = parse_transcript(b"User: caf\xe9\x81 please")
+    assert t.turns[0].text == "café\x81 please"
+    assert caplog.messages[0].endswith("read as Latin-1")
+
+
+def test_undecodable_binary_names_the_offset_and_is_refused():
+    err = _error(b"User: caf\xe9 " + bytes(range(1, 9)) * 4)
+    assert str(err) == (
+        "<input>: not valid UTF-8 (byte 0xe9 at offset 9 cannot be decoded) and not "
+        "Windows-1252 text either: binary data, not a transcript"
+    )
+    err = _error(b"User: \xff\xfe" + bytes(range(0x80, 0xA0)))
+    assert "and not Latin-1 text either: binary data" in str(err)
+
+
+def test_str_input_is_never_read_as_a_legacy_encoding():
+    err = _error("User: lone \ud800 surrogate")
+    assert "not valid UTF-8: byte 0xed at offset 11 cannot be decoded" in str(err)
 
 
 def test_over_max_bytes():
@@ -482,13 +517,13 @@ def restore_formats():
 
 def test_formats_registry():
     registered = formats()
-    assert [f.name for f in registered] == ["text", "chat"]
+    assert [f.name for f in registered] == BUILT_IN
     kinds = {f.name: f.kind for f in registered}
-    assert kinds == {"text": "text", "chat": "json"}
+    assert kinds == {name: "text" if name == "text" else "json" for name in BUILT_IN}
     assert all(f.description for f in registered)
     # a copy: changing it does not change the registry
     registered.clear()
-    assert [f.name for f in formats()] == ["text", "chat"]
+    assert [f.name for f in formats()] == BUILT_IN
 
 
 def _lines_format() -> TranscriptFormat:
@@ -512,7 +547,7 @@ def _lines_format() -> TranscriptFormat:
 def test_register_custom_format(restore_formats):
     fmt = _lines_format()
     assert register_format(fmt) is fmt
-    assert [f.name for f in formats()] == ["text", "chat", "lines"]
+    assert [f.name for f in formats()] == [*BUILT_IN, "lines"]
 
     data = {
         "id": "call-9",
@@ -532,7 +567,7 @@ def test_register_custom_format(restore_formats):
     assert parse_transcript(data, format="lines").format == "lines"
     # and it now shows among the formats tried for unknown JSON
     err = _error({"something": 1})
-    assert "tried formats: chat, lines" in str(err)
+    assert f"tried formats: {JSON_TRIED}, lines" in str(err)
 
 
 def test_custom_format_errors_are_prefixed_with_its_name(restore_formats):
@@ -552,11 +587,11 @@ def test_registering_a_name_again_replaces_it(restore_formats):
             name="text", kind="text", description="replaced", detect=original.detect, parse=parse
         )
     )
-    assert [f.name for f in formats()] == ["text", "chat"]
+    assert [f.name for f in formats()] == BUILT_IN
     assert parse_transcript(TRANSCRIPT).turns[0].text == "REPLACED"
 
 
 def test_registry_restored_after_custom_formats():
     # runs after the tests above in file order: the fixture put the registry back
-    assert [f.name for f in formats()] == ["text", "chat"]
+    assert [f.name for f in formats()] == BUILT_IN
     assert parse_transcript(TRANSCRIPT).turns[0].text.startswith("Thanks for calling")
