@@ -79,6 +79,8 @@ class LLMSettings(_Section):
     part_concurrency: int = Field(
         default=4, ge=1, le=64, description="parts of a long call summarised at once"
     )
+    rpm: float | None = Field(default=None, gt=0, description="requests per minute allowed")
+    tpm: float | None = Field(default=None, gt=0, description="tokens per minute allowed")
 
     @field_validator("base_url", mode="before")
     @classmethod

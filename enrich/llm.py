@@ -9,9 +9,11 @@
 
 An answer that fails validation is sent back with the errors (``reask.j2``) up to
 ``max_reasks`` times. A refusal or a truncated answer is an error at once: asking again would
-only pay for the same answer. Transport faults (429, 5xx, timeouts) are retried by the SDK itself,
-``max_retries`` times with backoff that honours ``Retry-After``; enrich does not add a loop of its
-own around them. Usage is summed over every attempt and travels with the result or the error.
+only pay for the same answer. Transport faults (429, 5xx, timeouts, dropped connections) are
+retried ``max_retries`` times with backoff that honours ``Retry-After``, by enrich rather than by
+the SDK (whose own retries are off, so they never multiply): each try goes through the optional
+:class:`~enrich.ratelimit.RateLimiter`, and a 429 pauses every caller sharing it. Usage is
+summed over every attempt and travels with the result or the error.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,12 +39,14 @@ from .errors import (
     LLMValidationError,
     redact,
 )
+from .ratelimit import RateLimiter
+from .tokens import get_counter
 from .usage import Usage
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-__all__ = ["StructuredLLM", "LLMResult", "format_validation_errors", "TOOL_NAME"]
+__all__ = ["StructuredLLM", "LLMResult", "LLMStats", "format_validation_errors", "TOOL_NAME"]
 
 log = logging.getLogger("enrich.llm")
 
@@ -73,6 +78,35 @@ def format_validation_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class LLMStats:
+    """Counts over the life of one :class:`StructuredLLM` (all its calls)."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+
+
+def _retry_after(response: Any) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        if headers.get("retry-after"):
+            return float(headers["retry-after"])
+    except ValueError:
+        return None
+    return None
+
+
+def _backoff(retry: int) -> float:
+    base = min(8.0, 0.5 * 2**retry)
+    return random.uniform(base / 2, base)
+
+
 def _strip_fences(text: str) -> str:
     m = _FENCED.match(text)
     return m.group(1) if m else text
@@ -85,15 +119,17 @@ class StructuredLLM:
     anywhere (and pickled) before it is used.
     """
 
-    def __init__(self, settings: LLMSettings) -> None:
+    def __init__(self, settings: LLMSettings, limiter: RateLimiter | None = None) -> None:
         self.settings = settings
+        self.limiter = limiter
+        self.stats = LLMStats()
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, AsyncOpenAI]] = {}
 
     def __repr__(self) -> str:
         return f"StructuredLLM(model={self.settings.model!r}, mode={self.settings.mode!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"settings": self.settings, "_clients": {}}
+        return {"settings": self.settings, "limiter": None, "stats": LLMStats(), "_clients": {}}
 
     @property
     def base_url(self) -> str:
@@ -120,7 +156,7 @@ class StructuredLLM:
             api_key=key,
             base_url=self.base_url,
             timeout=self.settings.timeout,
-            max_retries=self.settings.max_retries,
+            max_retries=0,  # enrich retries, through the rate limiter (see _send)
         )
         self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
         self._clients[id(loop)] = (loop, client)
@@ -232,7 +268,7 @@ class StructuredLLM:
         while True:
             attempts += 1
             try:
-                response = await client.chat.completions.create(**self._request(messages, schema))
+                response = await self._send(client, self._request(messages, schema))
             except openai.OpenAIError as exc:
                 raise self._transport_error(exc, attempts, usage, raw_outputs) from None
             usage = usage + Usage.from_openai(response.usage)
@@ -294,6 +330,46 @@ class StructuredLLM:
                 raw_outputs=raw_outputs,
                 model=response.model or self.settings.model,
             )
+
+    async def _send(self, client: AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
+        """One request, paced by the rate limiter, retried on 429, 5xx, timeouts and dropped
+        connections (``max_retries`` times, honouring ``Retry-After``)."""
+        import openai
+
+        estimate = 0
+        if self.limiter is not None:
+            counter = get_counter(self.settings.tokenizer)
+            prompt = sum(counter.count(str(m.get("content") or "")) + 4 for m in kwargs["messages"])
+            estimate = prompt + min(self.settings.max_tokens, 600)
+        for retry in range(self.settings.max_retries + 1):
+            if self.limiter is not None:
+                await self.limiter.acquire(estimate)
+            self.stats.requests += 1
+            try:
+                response = await client.chat.completions.create(**kwargs)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                if status == 429:
+                    self.stats.rate_limited += 1
+                if status not in _RETRY_STATUS or retry == self.settings.max_retries:
+                    raise
+                delay = _retry_after(exc.response)
+                if status == 429 and self.limiter is not None:
+                    delay = self.limiter.penalize(delay)  # everyone waits, not just this call
+                delay = _backoff(retry) if delay is None else min(delay, 60.0)
+            except (openai.APITimeoutError, openai.APIConnectionError):
+                if retry == self.settings.max_retries:
+                    raise
+                delay = _backoff(retry)
+            else:
+                if self.limiter is not None:
+                    actual = response.usage.total_tokens if response.usage else estimate
+                    self.limiter.settle(estimate, actual)
+                return response
+            self.stats.retries += 1
+            log.info("LLM request failed; retry %d in %.2fs", retry + 1, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _feedback(

@@ -12,20 +12,25 @@ plain script and from a notebook whose loop is already running.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Coroutine
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
 from .config import Config, load_config
 from .errors import ChatDashError, ConfigError
 from .ledger import Fingerprint, Ledger, LedgerEntry, State, default_ledger_path, digest
+from .ratelimit import RateLimiter
 from .schema import Enrichment, build_update, ground_queries, output_schema
 from .transcript import CallMetadata, Transcript, parse_transcript
 from .usage import Usage
 
 __all__ = ["Enricher", "EnrichmentResult", "ReplayReport", "TranscriptInput"]
+
+if TYPE_CHECKING:
+    from .batch import BatchResult, BatchRun
 
 T = TypeVar("T")
 
@@ -85,7 +90,8 @@ class _LoopThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
@@ -93,8 +99,13 @@ class _LoopThread:
                     target=self._loop.run_forever, name="enrich-loop", daemon=True
                 )
                 self._thread.start()
-            loop = self._loop
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+            return self._loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coro).result()
 
     def close(self, cleanup: Coroutine[Any, Any, Any]) -> None:
         with self._lock:
@@ -127,10 +138,14 @@ class Enricher:
 
         self.config = config or Config()
         self.prompts = Prompts(self.config.analysis.prompts_dir)
-        self.llm = StructuredLLM(self.config.llm)
+        limiter = None
+        if self.config.llm.rpm or self.config.llm.tpm:
+            limiter = RateLimiter(self.config.llm.rpm, self.config.llm.tpm)
+        self.llm = StructuredLLM(self.config.llm, limiter)
         self.chatdash = ChatDash(self.config.chatdash)
         self._schema = output_schema(self.config.analysis.taxonomy)
         self._sync = _LoopThread()
+        self._static: tuple[str, str, str] | None = None
         ledger = self.config.ledger
         self.ledger: Ledger | None = (
             Ledger(ledger.path or default_ledger_path()) if ledger.enabled else None
@@ -174,16 +189,27 @@ class Enricher:
     def fingerprint(self, transcript: Transcript) -> Fingerprint:
         """What the enrichment of ``transcript`` depends on; the same fingerprint reuses the
         ledger's enrichment instead of paying again."""
-        a = self.config.analysis
+        model, prompt_hash, taxonomy_hash = self.fingerprint_static()
         turns = [(t.role.value, t.text) for t in transcript.turns]
         return Fingerprint(
             transcript_hash=digest(turns),
-            model=self.config.llm.model,
-            prompt_hash=digest(
-                [self.prompts.fingerprint(), a.language, a.business_context, a.success_criteria]
-            ),
-            taxonomy_hash=digest([t.model_dump() for t in a.taxonomy]),
+            model=model,
+            prompt_hash=prompt_hash,
+            taxonomy_hash=taxonomy_hash,
         )
+
+    def fingerprint_static(self) -> tuple[str, str, str]:
+        """The model, prompts and taxonomy part of every fingerprint (read once)."""
+        if self._static is None:
+            a = self.config.analysis
+            self._static = (
+                self.config.llm.model,
+                digest(
+                    [self.prompts.fingerprint(), a.language, a.business_context, a.success_criteria]
+                ),
+                digest([t.model_dump() for t in a.taxonomy]),
+            )
+        return self._static
 
     async def _ask(self, parsed: Transcript) -> tuple[Any, str, int, int]:
         """The LLM's validated answer: (LLMResult, strategy, parts, transcript tokens)."""
@@ -357,6 +383,9 @@ class Enricher:
         conversation_path(agent_id, conversation_id)  # bad ids fail before anything is paid
         self.chatdash.check()  # a write that cannot happen is known before the LLM is paid
         if transcript is None:
+            done = self._already_written(agent_id, conversation_id) if not force else None
+            if done is not None:
+                return done
             parsed = await self.afetch(agent_id, conversation_id)
         else:
             parsed = self.parse(transcript, format=format)
@@ -369,6 +398,33 @@ class Enricher:
                 return result.model_copy(update={"written": True, "already_written": True})
             self.ledger.queue(agent_id, conversation_id, result.update, "reused")
         return await self.awrite(result)
+
+    def _already_written(self, agent_id: str, conversation_id: str) -> EnrichmentResult | None:
+        """The ledger's result for a conversation written with the current model, prompts and
+        taxonomy: a batch that resumes skips it without even fetching its transcript."""
+        if self.ledger is None:
+            return None
+        entry = self.ledger.get(agent_id, conversation_id)
+        if entry is None or entry.state != State.WRITTEN:
+            return None
+        current = self.fingerprint_static()
+        if (entry.model, entry.prompt_hash, entry.taxonomy_hash) != current:
+            return None
+        self.ledger.note(agent_id, conversation_id, "skipped", {"why": "already written"})
+        return EnrichmentResult(
+            enrichment=Enrichment.model_validate(entry.enrichment["enrichment"]),
+            update=entry.body,
+            usage=Usage(),
+            attempts=0,
+            model=entry.model,
+            transcript_format="ledger",
+            turns=0,
+            reused=True,
+            written=True,
+            already_written=True,
+            agent_id=agent_id,
+            conversation_id=conversation_id,
+        )
 
     async def areplay(self, *, include_failed: bool = False) -> ReplayReport:
         """Send every ``pending`` write again (and ``failed`` ones with ``include_failed``);
@@ -402,6 +458,38 @@ class Enricher:
                 else:
                     report.written += 1
         return report
+
+    # -- many conversations ---------------------------------------------------------------------
+
+    def aenrich_many(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        concurrency: int = 8,
+        write: bool = True,
+        force: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> AsyncIterator[BatchResult]:
+        """Enrich (and with ``write``, write) many conversations, at most ``concurrency`` at a
+        time; yields a :class:`~enrich.batch.BatchResult` for each as it completes. Items are
+        pulled lazily; a failure is a failed result, never an exception."""
+        from .batch import run_many
+
+        return run_many(self, items, concurrency=concurrency, write=write, force=force, stop=stop)
+
+    def enrich_many(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        concurrency: int = 8,
+        write: bool = True,
+        force: bool = False,
+    ) -> BatchRun:
+        """Synchronous :meth:`aenrich_many`: iterate the returned run for results (also in a
+        notebook whose event loop is running); ``run.stop()`` winds it down."""
+        from .batch import BatchRun
+
+        return BatchRun(self, items, concurrency=concurrency, write=write, force=force)
 
     # -- synchronous twins ----------------------------------------------------------------------
 

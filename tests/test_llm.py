@@ -128,12 +128,12 @@ def test_content_filter_is_a_refusal(fake_llm):
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
-def test_transient_errors_are_retried_by_the_sdk(fake_llm, status):
+def test_transient_errors_are_retried(fake_llm, status):
     fake_llm.add(Reply.failure(status, headers={"retry-after-ms": "10"}), Reply.json(answer()))
     with enricher(fake_llm, llm={"max_retries": 2}) as e:
         result = e.enrich(TRANSCRIPT)
     assert len(fake_llm.requests) == 2
-    assert result.attempts == 1  # one logical attempt, retried by the transport
+    assert result.attempts == 1  # one logical attempt, retried under the hood
 
 
 def test_persistent_429_fails_after_the_sdk_retries(fake_llm):
@@ -141,7 +141,7 @@ def test_persistent_429_fails_after_the_sdk_retries(fake_llm):
     with enricher(fake_llm, llm={"max_retries": 2}) as e:
         with pytest.raises(LLMTransportError, match="429") as info:
             e.enrich(TRANSCRIPT)
-    assert len(fake_llm.requests) == 3  # 1 + 2 retries, not multiplied by enrich
+    assert len(fake_llm.requests) == 3  # 1 + 2 retries: the SDK adds none of its own
     assert info.value.status_code == 429
 
 
