@@ -8,6 +8,8 @@ This module is the one place where errors become exit codes:
 2     bad input, usage or configuration: nothing was sent to the LLM or ChatDash
 3     the LLM failed after its retries
 4     the write to ChatDash failed (the paid-for result is printed on stdout)
+5     a batch finished, but some conversations failed (see its output)
+130   interrupted (a batch resumes when run again)
 ====  =====================================================================
 
 Errors are one line on stderr; ``--verbose`` adds detail. Standard output carries only the
@@ -246,10 +248,15 @@ def _config(
     model: str | None = None,
     mode: str | None = None,
     write_metadata: bool | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
 ) -> Config:
     from .config import load_config
 
-    overrides = {"llm": {"model": model, "mode": mode}, "write": {"metadata": write_metadata}}
+    overrides = {
+        "llm": {"model": model, "mode": mode, "rpm": rpm, "tpm": tpm},
+        "write": {"metadata": write_metadata},
+    }
     config = load_config(path, overrides)
     _State.secrets += config.secrets()
     return config
@@ -564,6 +571,422 @@ def ledger_stats(
             totals = [t + (v or 0) for t, v in zip(totals, [*values, r["cost"]], strict=True)]
         table.add_row("total", *[f"{v:,}" for v in totals[:5]], f"{totals[5]:.4f}", style="bold")
         Console(width=120).print(table)
+
+
+# -- many conversations ------------------------------------------------------------------------
+
+EXIT_PARTIAL = 5
+EXIT_INTERRUPTED = 130
+
+
+class _Progress:
+    """A progress bar on a terminal; a plain line every ``every`` seconds otherwise."""
+
+    def __init__(self, total: int | None, *, every: float = 10.0) -> None:
+        import time
+
+        self.total = total
+        self.every = every
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("enriching"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True),
+            )
+            self.task = self.bar.add_task("enrich", total=total, info="")
+            self.bar.start()
+
+    def _info(self, t: Any, elapsed: float) -> str:
+        rate = t.done / elapsed if elapsed > 0 else 0.0
+        tokens = t.prompt_tokens + t.completion_tokens
+        return f"{rate:.1f}/s  {tokens:,} tokens  ${t.cost:.4f}  {t.failed} failed"
+
+    def update(self, t: Any, *, force: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        elapsed = now - self.start
+        if self.bar is not None:
+            self.bar.update(self.task, completed=t.done, info=self._info(t, elapsed))
+        elif force or now - self.last >= self.every:
+            self.last = now
+            share = f"/{self.total} ({t.done / self.total:.0%})" if self.total else ""
+            eta = ""
+            if self.total and t.done:
+                left = (self.total - t.done) * elapsed / t.done
+                eta = f", ETA {left:.0f}s"
+            _err(f"enrich: {t.done}{share} done{eta}; {self._info(t, elapsed)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _summary(totals: Any, seconds: float, *, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = [
+        ("conversations", f"{totals.done:,}"),
+        ("written", f"{totals.written:,}"),
+        ("enriched, not written", f"{totals.enriched:,}"),
+        ("skipped (already done)", f"{totals.skipped:,}"),
+        ("failed", f"{totals.failed:,}"),
+        ("LLM requests", f"{totals.requests:,}"),
+        ("prompt tokens (cached)", f"{totals.prompt_tokens:,} ({totals.cached_tokens:,})"),
+        ("completion tokens", f"{totals.completion_tokens:,}"),
+        (
+            "cost (USD)",
+            f"{totals.cost:.4f}" + (f" + {totals.uncosted} unpriced" if totals.uncosted else ""),
+        ),
+        ("time", f"{seconds:.1f}s ({totals.done / seconds:.1f}/s)" if seconds > 0 else "-"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console(stderr=True, width=100).print(table)
+
+
+def _count_lines(path: str) -> int | None:
+    if path == "-":
+        return None
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _drive(
+    enricher: Any,
+    items: Any,
+    *,
+    total: int | None,
+    concurrency: int,
+    write: bool,
+    force: bool,
+    output: str | None,
+    via: str = "direct",
+    poll_seconds: float = 10.0,
+    failures_shown: int = 10,
+) -> int:
+    """Run a batch with progress, Ctrl-C handling and a summary; returns the exit code."""
+    import time
+
+    from .batch import BatchTotals
+    from .output import open_writer
+
+    writer = open_writer(output) if output else None
+    totals = BatchTotals()
+    progress = _Progress(total)
+
+    def on_progress(status: dict[str, Any]) -> None:
+        _err(
+            f"enrich: batch {status['id']}: {status['status']}, "
+            f"{status['completed']}/{status['total']} done, {status['failed']} failed"
+        )
+
+    run = enricher.enrich_many(
+        items,
+        concurrency=concurrency,
+        write=write,
+        force=force,
+        via=via,
+        poll_seconds=poll_seconds,
+        on_progress=on_progress,
+    )
+    start = time.monotonic()
+    interrupted = False
+    shown = 0
+    try:
+        results = iter(run)
+        while True:
+            try:
+                result = next(results)
+            except StopIteration:
+                break
+            except KeyboardInterrupt:
+                if interrupted:
+                    run.cancel()
+                    break
+                interrupted = True
+                run.stop()
+                _err(
+                    "enrich: stopping: finishing the conversations in flight "
+                    "(Ctrl-C again to abandon them)"
+                )
+                continue
+            totals.add(result)
+            if writer is not None:
+                writer.write(result)
+            if not result.ok and shown < failures_shown:
+                shown += 1
+                where = result.conversation_id or (f"line {result.line}" if result.line else "?")
+                _err(f"enrich: failed: {where}: {result.error}")
+            progress.update(totals)
+    finally:
+        progress.update(totals, force=True)
+        progress.close()
+        if writer is not None:
+            writer.close()
+    _summary(totals, time.monotonic() - start, title="enrich: batch summary")
+    if totals.failed > shown:
+        _err(f"enrich: ... and {totals.failed - shown} more failures (see --output)")
+    if interrupted:
+        _err(
+            "enrich: interrupted. Run the same command again to resume: what the ledger holds "
+            "is skipped and not paid for twice."
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_PARTIAL if totals.failed else EXIT_OK
+
+
+ConcurrencyOpt = Annotated[
+    int, typer.Option("--concurrency", "-j", min=1, max=1024, help="Conversations in flight.")
+]
+RpmOpt = Annotated[
+    float | None,
+    typer.Option("--rpm", min=1, help="LLM requests per minute to stay under.", show_default=False),
+]
+TpmOpt = Annotated[
+    float | None,
+    typer.Option("--tpm", min=1, help="LLM tokens per minute to stay under.", show_default=False),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write results to .jsonl, .csv or .parquet (- for JSON Lines on stdout).",
+        show_default=False,
+    ),
+]
+BatchDryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Enrich (and keep in the ledger), write nothing.")
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Ask the LLM again even for what the ledger holds.")
+]
+ViaOpt = Annotated[
+    str,
+    typer.Option(
+        "--via",
+        help="direct: call the LLM now; batch-api: one OpenAI Batch API job (half the price, "
+        "done within 24 h), invalid rows re-asked directly.",
+    ),
+]
+PollOpt = Annotated[
+    float, typer.Option("--poll-seconds", min=0.01, help="How often to poll a Batch API job.")
+]
+
+
+@app.command()
+def batch(
+    input: Annotated[
+        str,
+        typer.Argument(
+            help='JSON Lines: {"agent_id", "conversation_id", "transcript"?} a line; - for stdin.'
+        ),
+    ],
+    concurrency: ConcurrencyOpt = 8,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    dry_run: BatchDryRunOpt = False,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    via: ViaOpt = "direct",
+    poll_seconds: PollOpt = 10.0,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    mode: ModeOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Enrich many conversations from a JSON Lines file, at the provider's rate limit.
+
+    Exit 0 when all succeeded, 5 when some failed (each is in the output and the summary),
+    130 when interrupted (run the same command again to resume).
+    """
+    _start(verbose)
+    with _guard():
+        from .batch import read_items
+        from .pipeline import Enricher
+
+        if input != "-" and not Path(input).is_file():
+            raise InputError(f"{input}: no such file")
+        cfg = _config(config, model=model, mode=mode, rpm=rpm, tpm=tpm)
+        enricher = Enricher(cfg)
+        if not dry_run:
+            enricher.chatdash.check()
+        try:
+            code = _drive(
+                enricher,
+                read_items(input),
+                total=_count_lines(input),
+                concurrency=concurrency,
+                write=not dry_run,
+                force=force,
+                output=output,
+                via=_via(via),
+                poll_seconds=poll_seconds,
+            )
+        finally:
+            enricher.close()
+    raise typer.Exit(code)
+
+
+def _via(value: str) -> str:
+    if value not in ("direct", "batch-api"):
+        raise InputError(f"--via {value!r}: use direct or batch-api")
+    return value
+
+
+def _when(value: str, flag: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"{flag} {value!r}: expected a date like 2026-11-01 or 2026-11-01T08:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def backfill(
+    agent_id: Annotated[str, typer.Option("--agent-id", "-a", help="ChatDash agent id.")],
+    since: Annotated[str, typer.Option("--since", help="Start date (ISO 8601), inclusive.")],
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until", help="End date (ISO 8601), exclusive; default now.", show_default=False
+        ),
+    ] = None,
+    window_hours: Annotated[
+        float, typer.Option("--window-hours", min=0.01, help="List the range in windows this long.")
+    ] = 24.0,
+    concurrency: ConcurrencyOpt = 8,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    dry_run: BatchDryRunOpt = False,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    via: ViaOpt = "direct",
+    poll_seconds: PollOpt = 10.0,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    mode: ModeOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Enrich every conversation of an agent in a date range (listed from ChatDash)."""
+    _start(verbose)
+    with _guard():
+        from datetime import UTC, datetime, timedelta
+
+        from .batch import backfill_items
+        from .pipeline import Enricher
+
+        start = _when(since, "--since")
+        end = _when(until, "--until") if until else datetime.now(UTC)
+        if end <= start:
+            raise InputError("--until must be after --since")
+        cfg = _config(config, model=model, mode=mode, rpm=rpm, tpm=tpm)
+        enricher = Enricher(cfg)
+        enricher.chatdash.check()
+        items = backfill_items(enricher, agent_id, start, end, timedelta(hours=window_hours))
+        try:
+            code = _drive(
+                enricher,
+                items,
+                total=None,
+                concurrency=concurrency,
+                write=not dry_run,
+                force=force,
+                output=output,
+                via=_via(via),
+                poll_seconds=poll_seconds,
+            )
+        finally:
+            enricher.close()
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    results: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A results file (.jsonl, .csv, .parquet); default: the ledger.", show_default=False
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows in each ranking.")] = 10,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Topics, success rate, the most common misunderstood queries, tokens and cost."""
+    _start(verbose, as_json)
+    with _guard():
+        from .output import read_results
+        from .report import rows_from_ledger, summarize
+
+        if results is not None:
+            if not results.is_file():
+                raise InputError(f"{results}: no such file")
+            rows, source = read_results(results), str(results)
+        else:
+            ledger = _ledger(_config(config))
+            rows, source = rows_from_ledger(ledger), str(ledger.path)
+        rep = summarize(rows, top=top)
+        if as_json:
+            _out(rep.model_dump_json())
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(width=110)
+        rate = "-" if rep.success_rate is None else f"{rep.success_rate:.1%}"
+        console.print(
+            f"[bold]{source}[/]: {rep.conversations:,} conversations, {rep.enriched:,} enriched, "
+            f"{rep.failed:,} failed; success rate {rate}"
+        )
+        t = Table(title="topics")
+        for c in ("topic", "subtopic", "conversations", "share"):
+            t.add_column(c, justify="right" if c in ("conversations", "share") else "left")
+        for topic, subtopic, n in rep.subtopics:
+            t.add_row(topic, subtopic, f"{n:,}", f"{n / max(rep.enriched, 1):.1%}")
+        console.print(t)
+        q = Table(title="most common misunderstood queries")
+        q.add_column("query")
+        q.add_column("times", justify="right")
+        for text, n in rep.misunderstood:
+            q.add_row(text, f"{n:,}")
+        console.print(q)
+        c = Table(title="tokens and cost")
+        c.add_column("")
+        c.add_column("", justify="right")
+        c.add_row("LLM requests", f"{rep.requests:,}")
+        c.add_row("prompt tokens (cached)", f"{rep.prompt_tokens:,} ({rep.cached_tokens:,})")
+        c.add_row("completion tokens", f"{rep.completion_tokens:,}")
+        unpriced = f" + {rep.uncosted} unpriced" if rep.uncosted else ""
+        c.add_row("cost (USD)", f"{rep.cost:.4f}{unpriced}")
+        console.print(c)
 
 
 @app.command()

@@ -273,6 +273,33 @@ class Enricher:
                 return result, entry
 
         answer, strategy, parts, tokens = await self._ask(parsed)
+        result = self.finish(
+            parsed,
+            answer,
+            agent_id,
+            conversation_id,
+            strategy=strategy,
+            parts=parts,
+            transcript_tokens=tokens,
+            state=state,
+        )
+        return result, None
+
+    def finish(
+        self,
+        parsed: Transcript,
+        answer: Any,
+        agent_id: str | None,
+        conversation_id: str | None,
+        *,
+        state: State,
+        strategy: Literal["single", "map_reduce"] = "single",
+        parts: int = 1,
+        transcript_tokens: int = 0,
+        cost: float | None = None,
+    ) -> EnrichmentResult:
+        """Turn the LLM's validated answer into a result: ground the queries, build the PUT
+        body, and keep it in the ledger (in ``state``) before anything else can go wrong."""
         kept, dropped = ground_queries(
             answer.value.misunderstood_queries, [t.text for t in parsed.user_turns]
         )
@@ -281,20 +308,24 @@ class Enricher:
             enrichment=enrichment,
             update=self._update(enrichment, parsed),
             usage=answer.usage,
-            cost=self.config.cost(answer.model, answer.usage),
+            cost=cost if cost is not None else self.config.cost(answer.model, answer.usage),
             attempts=answer.attempts,
             model=answer.model,
             dropped_queries=dropped,
             strategy=strategy,
             parts=parts,
-            transcript_tokens=tokens,
-            **base,
+            transcript_tokens=transcript_tokens,
+            transcript_format=parsed.format,
+            turns=len(parsed.turns),
+            metadata=parsed.metadata,
+            agent_id=agent_id,
+            conversation_id=conversation_id,
         )
-        if ledger is not None:
-            ledger.record(
-                agent_id,  # type: ignore[arg-type]
-                conversation_id,  # type: ignore[arg-type]
-                fingerprint.model_copy(update={"model": self.config.llm.model}),
+        if self.ledger is not None and agent_id and conversation_id:
+            self.ledger.record(
+                agent_id,
+                conversation_id,
+                self.fingerprint(parsed),
                 enrichment={
                     "enrichment": enrichment.model_dump(mode="json"),
                     "dropped_queries": dropped,
@@ -306,7 +337,7 @@ class Enricher:
                 cost=result.cost,
                 state=state,
             )
-        return result, None
+        return result
 
     async def aenrich(
         self,
@@ -357,7 +388,9 @@ class Enricher:
         """The conversation's transcript, from ChatDash's messages."""
         messages = await self.chatdash.get_messages(agent_id, conversation_id)
         source = f"messages of conversation {conversation_id}"
-        return parse_transcript(messages, source=source, max_bytes=self.config.input.max_bytes)
+        return parse_transcript(
+            messages, format="chatdash", source=source, max_bytes=self.config.input.max_bytes
+        )
 
     async def aresolve(self, agent_id: str, platform_id: str) -> str:
         """ChatDash's conversation id for a platform's call id."""
@@ -484,12 +517,27 @@ class Enricher:
         concurrency: int = 8,
         write: bool = True,
         force: bool = False,
+        via: Literal["direct", "batch-api"] = "direct",
+        poll_seconds: float = 10.0,
+        on_progress: Any = None,
     ) -> BatchRun:
         """Synchronous :meth:`aenrich_many`: iterate the returned run for results (also in a
-        notebook whose event loop is running); ``run.stop()`` winds it down."""
+        notebook whose event loop is running); ``run.stop()`` winds it down.
+
+        ``via="batch-api"`` sends the whole job through OpenAI's Batch API instead (half the
+        price; results come when the batch completes; ``on_progress`` gets its status)."""
         from .batch import BatchRun
 
-        return BatchRun(self, items, concurrency=concurrency, write=write, force=force)
+        return BatchRun(
+            self,
+            items,
+            concurrency=concurrency,
+            write=write,
+            force=force,
+            via=via,
+            poll_seconds=poll_seconds,
+            on_progress=on_progress,
+        )
 
     # -- synchronous twins ----------------------------------------------------------------------
 

@@ -229,7 +229,13 @@ class FakeLLM(_Base):
 
     ``requests`` holds every request body received (also failed ones), ``headers`` their headers.
     When the queue is empty, ``responder(request)`` makes the reply (default: :func:`valid_answer`).
-    ``latency`` delays every answer.
+    ``latency`` delays every answer. ``rpm_limit`` answers 429 (with ``retry-after-ms``) to any
+    request past that many in the last 60 seconds, as a provider does; ``rate_limited`` counts
+    them. ``max_in_flight`` is the most requests it was answering at once.
+
+    It also serves the Batch API: ``POST /files`` (a JSONL upload), ``POST /batches``,
+    ``GET /batches/{id}`` (the batch completes ``batch_seconds`` after it was created; each line
+    is answered like a direct request) and ``GET /files/{id}/content``.
     """
 
     def __init__(
@@ -239,6 +245,9 @@ class FakeLLM(_Base):
         responder: Callable[[dict[str, Any]], Reply] | None = None,
         latency: float = 0.0,
         model: str = "fake-model",
+        rpm_limit: int | None = None,
+        batch_seconds: float = 0.5,
+        keep_requests: bool = True,
         port: int = 0,
     ) -> None:
         super().__init__(port)
@@ -246,8 +255,18 @@ class FakeLLM(_Base):
         self.responder = responder or (lambda req: Reply.json(valid_answer(req)))
         self.latency = latency
         self.model = model
+        self.rpm_limit = rpm_limit
+        self.batch_seconds = batch_seconds
+        self.keep_requests = keep_requests
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.count = 0
+        self.rate_limited = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._window: deque[float] = deque()
         self._ids = 0
 
     @property
@@ -264,6 +283,8 @@ class FakeLLM(_Base):
             return self._send(
                 handler, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]}
             )
+        if "/files" in path or "/batches" in path:
+            return self._batch_api(handler, path, raw)
         if handler.command != "POST" or not path.endswith("/chat/completions"):
             return self._send(handler, 404, {"error": {"message": f"no route {path}"}})
         try:
@@ -271,19 +292,154 @@ class FakeLLM(_Base):
         except ValueError:
             return self._send(handler, 400, {"error": {"message": "invalid JSON body"}})
         with self.lock:
-            self.requests.append(request)
-            self.headers.append(dict(handler.headers.items()))
-            reply = self.queue.popleft() if self.queue else None
+            self.count += 1
+            if self.keep_requests:
+                self.requests.append(request)
+                self.headers.append(dict(handler.headers.items()))
+            if self.rpm_limit is not None:
+                now = time.monotonic()
+                while self._window and self._window[0] <= now - 60:
+                    self._window.popleft()
+                if len(self._window) >= self.rpm_limit:
+                    self.rate_limited += 1
+                    wait_ms = max(1, int((self._window[0] + 60 - now) * 1000))
+                    limited = True
+                else:
+                    self._window.append(now)
+                    limited = False
+            else:
+                limited = False
+            reply = None if limited else (self.queue.popleft() if self.queue else None)
             self._ids += 1
             n = self._ids
-        if reply is None:
-            reply = self.responder(request)
-        delay = self.latency + reply.delay
-        if delay:
-            time.sleep(delay)
-        if reply.status != 200:
-            return self._send(handler, reply.status, reply.error or {}, reply.headers)
-        self._send(handler, 200, self._completion(request, reply, n), reply.headers)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if limited:
+                return self._send(
+                    handler,
+                    429,
+                    {"error": {"message": "Rate limit reached", "type": "requests", "code": None}},
+                    {"retry-after-ms": str(wait_ms)},
+                )
+            if reply is None:
+                reply = self.responder(request)
+            delay = self.latency + reply.delay
+            if delay:
+                time.sleep(delay)
+            if reply.status != 200:
+                return self._send(handler, reply.status, reply.error or {}, reply.headers)
+            self._send(handler, 200, self._completion(request, reply, n), reply.headers)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    # -- the Batch API -------------------------------------------------------------------------
+
+    def _batch_api(self, handler: BaseHTTPRequestHandler, path: str, raw: bytes) -> None:
+        parts = [p for p in path.split("/") if p][1:]  # drop "v1"
+        now = time.time()
+        if handler.command == "POST" and parts == ["files"]:
+            content, purpose, filename = _multipart(handler.headers.get("Content-Type", ""), raw)
+            with self.lock:
+                self._ids += 1
+                fid = f"file-{self._ids}"
+                self.files[fid] = {"content": content, "purpose": purpose, "filename": filename}
+            return self._send(handler, 200, self._file(fid))
+        if handler.command == "GET" and len(parts) == 3 and parts[0] == "files":
+            if parts[1] not in self.files:
+                return self._send(handler, 404, {"error": {"message": "no such file"}})
+            return self._send(handler, 200, self.files[parts[1]]["content"])
+        if handler.command == "POST" and parts == ["batches"]:
+            body = json.loads(raw or b"{}")
+            if body.get("input_file_id") not in self.files:
+                return self._send(handler, 400, {"error": {"message": "unknown input_file_id"}})
+            with self.lock:
+                self._ids += 1
+                bid = f"batch_{self._ids}"
+                self.batches[bid] = {
+                    "id": bid,
+                    "object": "batch",
+                    "endpoint": body.get("endpoint"),
+                    "input_file_id": body["input_file_id"],
+                    "completion_window": body.get("completion_window"),
+                    "status": "validating",
+                    "created_at": int(now),
+                    "output_file_id": None,
+                    "error_file_id": None,
+                    "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                    "_ready_at": now + self.batch_seconds,
+                }
+            return self._send(handler, 200, self._batch(bid))
+        if handler.command == "GET" and len(parts) == 2 and parts[0] == "batches":
+            if parts[1] not in self.batches:
+                return self._send(handler, 404, {"error": {"message": "no such batch"}})
+            return self._send(handler, 200, self._batch(parts[1]))
+        return self._send(handler, 404, {"error": {"message": f"no route {path}"}})
+
+    def _file(self, fid: str) -> dict[str, Any]:
+        f = self.files[fid]
+        return {
+            "id": fid,
+            "object": "file",
+            "bytes": len(f["content"]),
+            "created_at": int(time.time()),
+            "filename": f["filename"],
+            "purpose": f["purpose"],
+            "status": "processed",
+        }
+
+    def _batch(self, bid: str) -> dict[str, Any]:
+        with self.lock:
+            batch = self.batches[bid]
+            lines = self.files[batch["input_file_id"]]["content"].decode().splitlines()
+            total = len([x for x in lines if x.strip()])
+            batch["request_counts"]["total"] = total
+            ready = time.time() >= batch["_ready_at"]
+            if not ready:
+                batch["status"] = "in_progress"
+                batch["request_counts"]["completed"] = total // 2
+        if ready and batch["status"] != "completed":
+            out = []
+            for line in lines:
+                if not line.strip():
+                    continue
+                entry = json.loads(line)
+                request = entry["body"]
+                with self.lock:
+                    reply = self.queue.popleft() if self.queue else None
+                    self._ids += 1
+                    n = self._ids
+                    self.count += 1
+                    if self.keep_requests:
+                        self.requests.append(request)
+                reply = reply or self.responder(request)
+                body = self._completion(request, reply, n)
+                out.append(
+                    json.dumps(
+                        {
+                            "id": f"batch_req_{n}",
+                            "custom_id": entry["custom_id"],
+                            "response": {
+                                "status_code": 200,
+                                "request_id": f"req_{n}",
+                                "body": body,
+                            },
+                            "error": None,
+                        }
+                    )
+                )
+            with self.lock:
+                self._ids += 1
+                fid = f"file-{self._ids}"
+                self.files[fid] = {
+                    "content": ("\n".join(out) + "\n").encode(),
+                    "purpose": "batch_output",
+                    "filename": f"{bid}_output.jsonl",
+                }
+                batch.update(status="completed", output_file_id=fid, completed_at=int(time.time()))
+                batch["request_counts"]["completed"] = total
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
 
     def _completion(self, request: dict[str, Any], reply: Reply, n: int) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": reply.refusal}
@@ -319,6 +475,26 @@ class FakeLLM(_Base):
                 "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
             },
         }
+
+
+def _multipart(content_type: str, raw: bytes) -> tuple[bytes, str, str]:
+    """The file, ``purpose`` and file name of a multipart/form-data upload."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    content, purpose, filename = b"", "", "upload.jsonl"
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "file":
+            content = payload
+            filename = part.get_filename() or filename
+        elif name == "purpose":
+            purpose = payload.decode()
+    return content, purpose, filename
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,297 @@
+"""Backfills that can wait: the whole job through OpenAI's Batch API, at half the price.
+
+:func:`run_via_batch_api` prepares every conversation (fetching transcripts, skipping what the
+ledger already holds), uploads one JSONL file of chat completion requests, creates the batch,
+polls it (reporting progress), downloads the output, and validates every row exactly as a direct
+answer is validated. Rows that fail validation, were refused or cut off, or are missing, are
+asked again directly (with the validation errors fed back); calls too long for one request use
+the direct map-reduce path. Then each result is kept in the ledger and written back, as in a
+direct batch. Yields a :class:`~enrich.batch.BatchResult` for every item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from .batch import BatchItem, BatchResult, _BadItem, _item, _one, _stage
+from .errors import EnrichError, LLMError
+from .ledger import State
+from .llm import LLMResult, format_validation_errors
+from .schema import Enrichment
+from .usage import Usage
+
+if TYPE_CHECKING:
+    from .pipeline import Enricher
+    from .transcript import Transcript
+
+__all__ = ["run_via_batch_api", "BATCH_DISCOUNT"]
+
+log = logging.getLogger("enrich.batchapi")
+
+#: The Batch API's price, as a share of the direct price.
+BATCH_DISCOUNT = 0.5
+_DONE = {"completed", "failed", "expired", "cancelled"}
+
+
+class _Job:
+    def __init__(self, index: int, item: BatchItem, conversation_id: str, parsed: Transcript):
+        self.index = index
+        self.item = item
+        self.conversation_id = conversation_id
+        self.parsed = parsed
+        self.messages: list[dict[str, Any]] = []
+        self.start = time.perf_counter()
+
+
+async def run_via_batch_api(
+    enricher: Enricher,
+    items: Iterable[Any] | AsyncIterable[Any],
+    *,
+    write: bool = True,
+    force: bool = False,
+    poll_seconds: float = 10.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> AsyncIterator[BatchResult]:
+    from .batch import _aiter
+    from .longcall import plan
+
+    llm = enricher.llm
+    schema = enricher.schema
+    jobs: list[_Job] = []
+    direct: list[Any] = []  # items that take the direct path (long calls)
+
+    # 1. prepare: resolve, skip what is done, fetch, parse, render
+    index = 0
+    async for raw in _aiter(items):
+        item = _item(raw)
+        if isinstance(item, _BadItem):
+            yield BatchResult(
+                line=item.line,
+                status="failed",
+                ok=False,
+                error=item.error,
+                error_type="InputError",
+                stage="input",
+            )
+            continue
+        try:
+            conversation_id = item.conversation_id or await enricher.aresolve(
+                item.agent_id, item.platform_id or ""
+            )
+            if write and not force and item.transcript is None:
+                done = enricher._already_written(item.agent_id, conversation_id)
+                if done is not None:
+                    yield BatchResult(
+                        agent_id=item.agent_id,
+                        conversation_id=conversation_id,
+                        line=item.line,
+                        status="skipped",
+                        ok=True,
+                        result=done,
+                    )
+                    continue
+            if item.transcript is None:
+                parsed = await enricher.afetch(item.agent_id, conversation_id)
+            else:
+                parsed = enricher.parse(item.transcript, format=item.format)
+        except EnrichError as exc:
+            yield BatchResult(
+                agent_id=item.agent_id,
+                conversation_id=item.conversation_id,
+                line=item.line,
+                status="failed",
+                ok=False,
+                error=str(exc),
+                error_type=type(exc).__name__,
+                stage=_stage(exc),  # type: ignore[arg-type]
+            )
+            continue
+        if plan(parsed, enricher.config, enricher.prompts, schema).strategy != "single":
+            direct.append(item.model_copy(update={"conversation_id": conversation_id}))
+            continue
+        job = _Job(index, item, conversation_id, parsed)
+        job.messages = enricher.prompts.messages(
+            parsed, enricher.config.analysis, schema=schema, mode=enricher.config.llm.mode
+        )
+        jobs.append(job)
+        index += 1
+
+    # 2. one batch for everything that fits one request
+    outputs: dict[str, dict[str, Any]] = {}
+    if jobs:
+        client = llm._client()
+        lines = [
+            json.dumps(
+                {
+                    "custom_id": str(job.index),
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": llm._request(job.messages, schema),
+                },
+                ensure_ascii=False,
+            )
+            for job in jobs
+        ]
+        try:
+            upload = await client.files.create(
+                file=("enrich-batch.jsonl", ("\n".join(lines) + "\n").encode()), purpose="batch"
+            )
+            created = await client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            log.info("batch %s created for %d conversations", created.id, len(jobs))
+            status = created
+            while status.status not in _DONE:
+                await asyncio.sleep(poll_seconds)
+                status = await client.batches.retrieve(created.id)
+                if on_progress is not None:
+                    counts = status.request_counts
+                    on_progress(
+                        {
+                            "id": status.id,
+                            "status": status.status,
+                            "completed": counts.completed if counts else 0,
+                            "failed": counts.failed if counts else 0,
+                            "total": counts.total if counts else len(jobs),
+                        }
+                    )
+            if status.status != "completed":
+                log.warning("batch %s ended %s: asking its rows directly", status.id, status.status)
+            if status.output_file_id:
+                content = await client.files.content(status.output_file_id)
+                for line in content.text.splitlines():
+                    if line.strip():
+                        row = json.loads(line)
+                        outputs[row["custom_id"]] = row
+        except Exception as exc:  # noqa: BLE001 - fall back to direct calls, say why
+            log.warning("the Batch API failed (%s): asking directly", exc)
+
+    # 3. validate each row; re-ask the invalid ones directly; keep, then write
+    semaphore = asyncio.Semaphore(max(1, enricher.config.llm.part_concurrency))
+
+    async def settle(job: _Job) -> BatchResult:
+        row = outputs.get(str(job.index))
+        try:
+            answer, batch_usage = await _answer(enricher, job, row, semaphore)
+            direct_usage = answer.usage
+            model = answer.model
+            usage = batch_usage + direct_usage
+            cost = _cost(enricher, model, batch_usage, direct_usage)
+            answer = LLMResult(
+                value=answer.value,
+                usage=usage,
+                attempts=answer.attempts + (1 if row else 0),
+                raw_outputs=answer.raw_outputs,
+                model=model,
+            )
+            result = enricher.finish(
+                job.parsed,
+                answer,
+                job.item.agent_id,
+                job.conversation_id,
+                state=State.PENDING if write else State.ENRICHED,
+                cost=cost,
+            )
+            if write:
+                result = await enricher.awrite(result)
+        except Exception as exc:  # noqa: BLE001 - one failure never aborts the batch
+            message = str(exc) if isinstance(exc, EnrichError) else f"internal error: {exc!r}"
+            return BatchResult(
+                agent_id=job.item.agent_id,
+                conversation_id=job.conversation_id,
+                line=job.item.line,
+                status="failed",
+                ok=False,
+                result=getattr(exc, "result", None),
+                error=message,
+                error_type=type(exc).__name__,
+                stage=_stage(exc),  # type: ignore[arg-type]
+                seconds=time.perf_counter() - job.start,
+            )
+        return BatchResult(
+            agent_id=job.item.agent_id,
+            conversation_id=job.conversation_id,
+            line=job.item.line,
+            status="written" if write else "enriched",
+            ok=True,
+            result=result,
+            seconds=time.perf_counter() - job.start,
+        )
+
+    for done in asyncio.as_completed([settle(job) for job in jobs]):
+        yield await done
+    for item in direct:
+        yield await _one(enricher, item, write=write, force=force)
+
+
+async def _answer(
+    enricher: Enricher, job: _Job, row: dict[str, Any] | None, semaphore: asyncio.Semaphore
+) -> tuple[LLMResult[Enrichment], Usage]:
+    """The validated answer for one job: the batch's row if it is valid, else a direct re-ask
+    (with the row's validation errors fed back when there was a row)."""
+    llm = enricher.llm
+    context = {"taxonomy": enricher.config.analysis.taxonomy}
+    messages = list(job.messages)
+    batch_usage = Usage()
+    if row is not None and (row.get("response") or {}).get("status_code") == 200:
+        from openai.types.chat import ChatCompletion
+
+        completion = ChatCompletion.model_validate(row["response"]["body"])
+        batch_usage = Usage.from_openai(completion.usage)
+        choice = completion.choices[0] if completion.choices else None
+        message = choice.message if choice else None
+        calls = (
+            [c for c in (message.tool_calls or []) if getattr(c, "function", None)]
+            if message
+            else []
+        )
+        text = (
+            calls[0].function.arguments if calls else ((message.content if message else "") or "")
+        )
+        usable = choice is not None and choice.finish_reason not in ("length", "content_filter")
+        if usable and not getattr(message, "refusal", None):
+            try:
+                value = Enrichment.model_validate_json(text, context=context)
+                return (
+                    LLMResult(
+                        value=value,
+                        usage=Usage(),
+                        attempts=0,
+                        raw_outputs=[text],
+                        model=completion.model or enricher.config.llm.model,
+                    ),
+                    batch_usage,
+                )
+            except ValidationError as exc:
+                errors = format_validation_errors(exc)
+                messages += llm._feedback(message, calls, text, enricher.prompts.reask(errors))
+    async with semaphore:
+        try:
+            answer = await llm.complete(
+                messages,
+                output=Enrichment,
+                schema=enricher.schema,
+                reask=enricher.prompts.reask,
+                context=context,
+            )
+        except LLMError as exc:
+            exc.usage = batch_usage + (exc.usage or Usage())
+            raise
+    return answer, batch_usage
+
+
+def _cost(enricher: Enricher, model: str, batch: Usage, direct: Usage) -> float | None:
+    price = enricher.config.price(model)
+    if price is None:
+        return None
+    cost = BATCH_DISCOUNT * price.cost(
+        batch.prompt_tokens, batch.completion_tokens, batch.cached_tokens
+    )
+    return cost + price.cost(direct.prompt_tokens, direct.completion_tokens, direct.cached_tokens)
