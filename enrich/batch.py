@@ -280,6 +280,7 @@ class BatchRun:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(64, concurrency * 4))
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._finished = False
         self.stopped = False
 
         async def pump() -> None:
@@ -329,13 +330,25 @@ class BatchRun:
         self._future.cancel()
 
     def __iter__(self) -> Iterator[BatchResult]:
+        return self
+
+    def __next__(self) -> BatchResult:
+        # Not a generator: a KeyboardInterrupt while waiting leaves the run readable, so the
+        # caller can stop() it and still collect what is in flight.
+        if self._finished:
+            raise StopIteration
         while True:
-            value = self._queue.get()
+            try:
+                value = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
             if value is _END:
-                return
+                self._finished = True
+                raise StopIteration
             if isinstance(value, BaseException):
+                self._finished = True
                 raise value
-            yield value
+            return value
 
 
 async def backfill_items(

@@ -881,6 +881,15 @@ def backfill(
     window_hours: Annotated[
         float, typer.Option("--window-hours", min=0.01, help="List the range in windows this long.")
     ] = 24.0,
+    split_at: Annotated[
+        int,
+        typer.Option(
+            "--split-at",
+            min=1,
+            help="A window listing this many conversations may be cut short: list it again "
+            "in halves.",
+        ),
+    ] = 100,
     concurrency: ConcurrencyOpt = 8,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
@@ -909,7 +918,9 @@ def backfill(
         cfg = _config(config, model=model, mode=mode, rpm=rpm, tpm=tpm)
         enricher = Enricher(cfg)
         enricher.chatdash.check()
-        items = backfill_items(enricher, agent_id, start, end, timedelta(hours=window_hours))
+        items = backfill_items(
+            enricher, agent_id, start, end, timedelta(hours=window_hours), split_at=split_at
+        )
         try:
             code = _drive(
                 enricher,

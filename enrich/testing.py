@@ -556,6 +556,18 @@ class Fault:
     body: dict[str, Any] = field(default_factory=lambda: {"error": "fake failure"})
 
 
+def _parse_time(value: str | None) -> Any:
+    from datetime import UTC, datetime
+
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 _CONV = re.compile(r"^/agents/([^/]+)/conversations/([^/]+)(/messages)?$")
 _LIST = re.compile(r"^/agents/([^/]+)/conversations$")
 
@@ -566,7 +578,9 @@ class FakeChatDash(_Base):
     ``requests`` holds ``(method, raw_path, headers, body)`` for every request; ``violations``
     every contract violation found in a PUT body (such a PUT is answered 400). ``faults`` is a
     queue of :class:`Fault` applied to the next requests, in order; ``fail_rate`` answers that
-    share of the other PUTs with a 500, at random (``seed`` makes it repeatable).
+    share of the other PUTs with a 500, at random (``seed`` makes it repeatable). The list
+    endpoint filters on ``startDate``/``endDate`` against each conversation's ``createdAt`` and
+    returns at most ``page_size`` of them (an undocumented cap, as a real server may have).
     """
 
     def __init__(
@@ -579,6 +593,7 @@ class FakeChatDash(_Base):
         require_existing: bool = False,
         fail_rate: float = 0.0,
         seed: int | None = None,
+        page_size: int | None = None,
         port: int = 0,
     ) -> None:
         super().__init__(port)
@@ -587,6 +602,8 @@ class FakeChatDash(_Base):
         self.api_key = api_key
         self.require_existing = require_existing
         self.fail_rate = fail_rate  # PUTs answered 500 at random
+        self.page_size = page_size  # the list endpoint returns at most this many
+        self.list_calls = 0
         self._random = random.Random(seed)
         self.put_schema = put_schema
         self.base_path = base_path.rstrip("/")
@@ -662,12 +679,20 @@ class FakeChatDash(_Base):
         lst = _LIST.match(path)
         if lst and handler.command == "GET":
             agent = unquote(lst.group(1))
-            items = [
-                {"_id": k[1], "agentId": k[0], **v}
-                for k, v in self.conversations.items()
-                if k[0] == agent
-            ]
-            return self._send(handler, 200, items)
+            query = parse_qs(split.query)
+            lo = _parse_time(query.get("startDate", [None])[0])
+            hi = _parse_time(query.get("endDate", [None])[0])
+            items = []
+            for k, v in sorted(
+                self.conversations.items(), key=lambda kv: kv[1].get("createdAt", "")
+            ):
+                when = _parse_time(v.get("createdAt"))
+                if k[0] != agent or (when and lo and when < lo) or (when and hi and when >= hi):
+                    continue
+                items.append({"_id": k[1], "agentId": k[0], **v})
+            with self.lock:
+                self.list_calls += 1
+            return self._send(handler, 200, items[: self.page_size])
         return self._send(handler, 404, {"error": f"no route {handler.command} {split.path}"})
 
     def _put(self, handler: BaseHTTPRequestHandler, agent: str, conv: str, body: Any) -> None:
