@@ -234,18 +234,22 @@ async def run_many(
     source = _aiter(items).__aiter__()
     running: set[asyncio.Task[BatchResult]] = set()
     exhausted = False
-    try:
-        while True:
-            while not exhausted and len(running) < concurrency and not (stop and stop.is_set()):
-                try:
-                    raw = await source.__anext__()
-                except StopAsyncIteration:
-                    exhausted = True
-                    break
-                running.add(asyncio.ensure_future(_one(enricher, raw, write=write, force=force)))
-            if not running:
+
+    async def fill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(running) < concurrency and not (stop and stop.is_set()):
+            try:
+                raw = await source.__anext__()
+            except StopAsyncIteration:
+                exhausted = True
                 break
+            running.add(asyncio.ensure_future(_one(enricher, raw, write=write, force=force)))
+
+    try:
+        await fill()
+        while running:
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            await fill()  # replacements start before the results are handed over
             for task in done:
                 yield task.result()
     finally:
@@ -308,7 +312,12 @@ class BatchRun:
                 )
             try:
                 async for result in source:
-                    await asyncio.get_running_loop().run_in_executor(None, self._queue.put, result)
+                    try:
+                        self._queue.put_nowait(result)
+                    except queue.Full:  # the reader is slow: wait without blocking the loop
+                        await asyncio.get_running_loop().run_in_executor(
+                            None, self._queue.put, result
+                        )
             except BaseException as exc:  # noqa: BLE001 - surfaced in the reading thread
                 self._queue.put(exc)
             finally:

@@ -108,7 +108,12 @@ class ChatDash:
                 "Accept": "application/json",
                 "User-Agent": "enrich",
             },
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            # a few connections, all kept alive: writes are quick, and httpcore's pool costs
+            # CPU in proportion to its size on every request
+            limits=httpx.Limits(
+                max_connections=self.settings.max_connections,
+                max_keepalive_connections=self.settings.max_connections,
+            ),
         )
         self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
         self._clients[id(loop)] = (loop, client)

@@ -97,6 +97,9 @@ class ChatDashSettings(_Section):
     max_attempts: int = Field(default=4, ge=1, le=20, description="tries of one request")
     backoff: float = Field(default=0.5, ge=0, description="first retry delay in seconds")
     max_backoff: float = Field(default=30.0, ge=0, description="longest single wait")
+    max_connections: int = Field(
+        default=16, ge=1, le=256, description="requests to ChatDash at once (each is quick)"
+    )
 
     @field_validator("base_url")
     @classmethod

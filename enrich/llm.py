@@ -335,6 +335,7 @@ class StructuredLLM:
         """One request, paced by the rate limiter, retried on 429, 5xx, timeouts and dropped
         connections (``max_retries`` times, honouring ``Retry-After``)."""
         import openai
+        from openai.types.chat import ChatCompletion
 
         estimate = 0
         if self.limiter is not None:
@@ -346,7 +347,12 @@ class StructuredLLM:
                 await self.limiter.acquire(estimate)
             self.stats.requests += 1
             try:
-                response = await client.chat.completions.create(**kwargs)
+                # The documented generic post(): the same request, errors and response type as
+                # chat.completions.create(), without re-walking our plain-dict parameters
+                # (schema included) through the SDK's TypedDict transform on every call.
+                response = await client.post(
+                    "/chat/completions", body=kwargs, cast_to=ChatCompletion
+                )
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status == 429:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError, LLMError
@@ -46,6 +47,7 @@ class Plan:
     budget: int
     parts: list[list[Turn]] = field(default_factory=list)
     part_budget: int = 0
+    messages: list[dict[str, str]] = field(default_factory=list)  # for "single"
 
 
 class _Budget:
@@ -65,7 +67,9 @@ class _Budget:
         # the answer, then for each re-ask the answer sent back (rarely near max_tokens) and
         # the errors
         reserve = s.max_tokens + s.max_reasks * (min(s.max_tokens, 1000) + 300) + 64
-        overhead = self.count(system_text) + self.count(json.dumps(schema))
+        overhead = _cached_count(self.counter, self.margin, system_text) + _cached_count(
+            self.counter, self.margin, json.dumps(schema)
+        )
         return s.context_tokens - reserve - overhead
 
     def turn_cost(self, turn: Turn) -> int:
@@ -77,14 +81,23 @@ class _Budget:
         )
 
 
+@lru_cache(maxsize=64)
+def _cached_count(counter: Any, margin: float, text: str) -> int:
+    """The system prompt and the schema are the same for every conversation: count them once."""
+    return math.ceil(counter.count(text) * margin)
+
+
 def plan(transcript: Transcript, config: Config, prompts: Prompts, schema: dict[str, Any]) -> Plan:
     """Decide whether ``transcript`` fits one request; if not, cut it into parts."""
     b = _Budget(config, prompts, schema)
     context = b.context(transcript=transcript)
-    single = b.left(prompts.render("system.j2", **context), schema)
-    tokens = b.count(prompts.render("user.j2", **context))
+    system = prompts.render("system.j2", **context)
+    user = prompts.render("user.j2", **context)
+    single = b.left(system, schema)
+    tokens = b.count(user)
     if tokens <= single:
-        return Plan("single", tokens, single)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return Plan("single", tokens, single, messages=messages)
 
     part_context = b.context(part={"index": 1, "count": 1})
     part_budget = b.left(prompts.render("map.j2", **part_context), PART_SCHEMA) - 64

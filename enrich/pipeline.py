@@ -217,11 +217,8 @@ class Enricher:
 
         the_plan = plan(parsed, self.config, self.prompts, self._schema)
         if the_plan.strategy == "single":
-            messages = self.prompts.messages(
-                parsed, self.config.analysis, schema=self._schema, mode=self.config.llm.mode
-            )
             answer = await self.llm.complete(
-                messages,
+                the_plan.messages,
                 output=Enrichment,
                 schema=self._schema,
                 reask=self.prompts.reask,

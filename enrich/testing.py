@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -48,6 +49,11 @@ class _Base:
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                # answer at once: no Nagle delay on small writes (a real server sets this too)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _dispatch(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -100,8 +106,9 @@ class _Base:
         handler.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             handler.send_header(k, v)
-        handler.end_headers()
-        handler.wfile.write(data)
+        # headers and body in one write, as a real server does
+        handler._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
+        handler.flush_headers()
 
     @staticmethod
     def _reset(handler: BaseHTTPRequestHandler) -> None:

@@ -21,7 +21,10 @@ from .errors import ConfigError
 
 __all__ = ["TokenCounter", "EstimateCounter", "TiktokenCounter", "get_counter"]
 
-_PIECE = re.compile(r"\w+|[^\w\s]+")
+_ASCII_WORD = re.compile(r"[A-Za-z0-9_]+")
+_LONG_ASCII_WORD = re.compile(r"[A-Za-z0-9_]{7,}")
+_OTHER_LETTER = re.compile(r"[^\W\x00-\x7f]")
+_PUNCT = re.compile(r"[^\w\s]")
 
 
 class TokenCounter(Protocol):
@@ -31,20 +34,18 @@ class TokenCounter(Protocol):
 
 
 class EstimateCounter:
-    """Word pieces: a short ASCII word is one token, a long one one per six letters, other
-    scripts one per character, punctuation one per character."""
+    """Word pieces: a short ASCII word is one token, a long one one more per six letters beyond
+    the first, a letter of another script one token, a punctuation mark one token."""
 
     name = "estimate"
 
     def count(self, text: str) -> int:
-        n = 0
-        for m in _PIECE.finditer(text):
-            piece = m.group()
-            if piece[0].isalnum() or piece[0] == "_":
-                n += 1 + (len(piece) - 1) // 6 if piece.isascii() else len(piece)
-            else:
-                n += len(piece)
-        return n
+        # four scans in C rather than a Python loop over the words: this runs on every call
+        words = _ASCII_WORD.findall(text)
+        long_extra = sum((len(w) - 1) // 6 for w in _LONG_ASCII_WORD.findall(text))
+        return (
+            len(words) + long_extra + len(_OTHER_LETTER.findall(text)) + len(_PUNCT.findall(text))
+        )
 
 
 class TiktokenCounter:

@@ -194,10 +194,11 @@ def _decode(raw: bytes, source: str, max_bytes: int, *, legacy: bool = True) -> 
 def _looks_binary(text: str) -> bool:
     """Many control characters (C0 other than whitespace, DEL, C1): not text."""
     sample = text[:8192]
-    controls = sum(
-        1 for ch in sample if (ord(ch) < 32 and ch not in "\t\n\r\f") or 0x7F <= ord(ch) <= 0x9F
-    )
+    controls = len(_CONTROLS.findall(sample))
     return controls > max(8, len(sample) // 100)
+
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 
 
 def parse_transcript(
