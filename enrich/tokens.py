@@ -4,8 +4,8 @@ The budget check only needs a count that is close and errs on the high side; the
 come back from the server in ``usage``. Two counters:
 
 - ``estimate`` (the default): no tables, no download, no dependency. A word-piece estimate; over
-  the 600 dialogues of the test data it gives 1.04x cl100k's count at the median (0.89x to
-  1.15x; ``bench/tokens.py`` measures it). Budgets apply a margin on top.
+  the 600 dialogues of the test data it gives 1.04x cl100k's count at the median (0.90x to
+  1.15x; ``bench/tokens.py`` measures it). Budgets apply a 15% margin on top.
 - ``tiktoken:ENCODING``: exact counts with ``tiktoken``, for users who have it and its encoding
   available offline (it downloads encodings on first use, which fails on an air-gapped machine:
   then enrich says so instead of hanging on a download at run time).
