@@ -404,3 +404,62 @@ async def backfill_items(
                 seen.add(cid)
                 yield BatchItem(agent_id=agent_id, conversation_id=cid)
         lo = hi
+
+
+class EstimateRow(BaseModel):
+    agent_id: str | None = None
+    conversation_id: str | None = None
+    line: int | None = None
+    ok: bool
+    error: str | None = None
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    strategy: str | None = None
+
+
+async def estimate_many(
+    enricher: Enricher, items: Iterable[Any] | AsyncIterable[Any], *, force: bool = False
+) -> AsyncIterator[EstimateRow]:
+    """What each item should cost, without calling the LLM (transcripts are fetched when
+    absent; what the ledger already holds costs nothing unless ``force``)."""
+    async for raw in _aiter(items):
+        item = _item(raw)
+        if isinstance(item, _BadItem):
+            yield EstimateRow(line=item.line, ok=False, error=item.error)
+            continue
+        conversation_id = item.conversation_id
+        try:
+            if conversation_id is None:
+                conversation_id = await enricher.aresolve(item.agent_id, item.platform_id or "")
+            if not force and enricher._already_written(item.agent_id, conversation_id):
+                yield EstimateRow(
+                    agent_id=item.agent_id,
+                    conversation_id=conversation_id,
+                    line=item.line,
+                    ok=True,
+                    cost=0.0,
+                    strategy="skipped",
+                )
+                continue
+            transcript = item.transcript
+            if transcript is None:
+                transcript = await enricher.afetch(item.agent_id, conversation_id)
+            est = enricher.estimate(transcript, format=item.format)
+        except EnrichError as exc:
+            yield EstimateRow(
+                agent_id=item.agent_id,
+                conversation_id=conversation_id,
+                line=item.line,
+                ok=False,
+                error=str(exc),
+            )
+            continue
+        yield EstimateRow(
+            agent_id=item.agent_id,
+            conversation_id=conversation_id,
+            line=item.line,
+            ok=True,
+            **est.model_dump(),
+        )

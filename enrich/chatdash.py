@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
@@ -56,8 +57,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         pass
     try:
-        import time
-
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
@@ -142,6 +141,7 @@ class ChatDash:
         url = f"{self.settings.base_url}{path}"
         secrets = [self.settings.api_key]
         attempts = self.settings.max_attempts
+        deadline = time.monotonic() + self.settings.max_total_seconds
         for attempt in range(1, attempts + 1):
             response: httpx.Response | None = None
             try:
@@ -168,14 +168,14 @@ class ChatDash:
                         status_code=status,
                     )
                 problem = f"ChatDash answered HTTP {status}: {detail}"
-            if attempt == attempts:
+            delay = self._delay(attempt, response)
+            if attempt == attempts or time.monotonic() + delay > deadline:
                 raise ChatDashError(
-                    f"{what} failed after {attempts} attempt(s): {problem} ({method} {url})",
+                    f"{what} failed after {attempt} attempt(s): {problem} ({method} {url})",
                     method=method,
                     url=url,
                     status_code=response.status_code if response is not None else None,
                 )
-            delay = self._delay(attempt, response)
             log.warning(
                 "%s: %s; retrying in %.1fs (%d/%d)", what, problem, delay, attempt, attempts
             )

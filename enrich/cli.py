@@ -783,6 +783,13 @@ BatchDryRunOpt = Annotated[
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Ask the LLM again even for what the ledger holds.")
 ]
+EstimateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--estimate",
+        help="Call no LLM: print what the job should cost (requests, tokens, USD at list price).",
+    ),
+]
 ViaOpt = Annotated[
     str,
     typer.Option(
@@ -812,6 +819,7 @@ def batch(
     force: ForceOpt = False,
     via: ViaOpt = "direct",
     poll_seconds: PollOpt = 10.0,
+    estimate: EstimateOpt = False,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     mode: ModeOpt = None,
@@ -831,6 +839,12 @@ def batch(
             raise InputError(f"{input}: no such file")
         cfg = _config(config, model=model, mode=mode, rpm=rpm, tpm=tpm)
         enricher = Enricher(cfg)
+        if estimate:
+            try:
+                code = _estimate(enricher, read_items(input), force=force, output=output)
+            finally:
+                enricher.close()
+            raise typer.Exit(code)
         if not dry_run:
             enricher.chatdash.check()
         try:
@@ -848,6 +862,60 @@ def batch(
         finally:
             enricher.close()
     raise typer.Exit(code)
+
+
+def _estimate(enricher: Any, items: Any, *, force: bool, output: str | None) -> int:
+    """Estimate a job's cost without calling the LLM; write rows to ``output``."""
+    import statistics
+
+    from .batch import estimate_many
+
+    async def collect() -> list[Any]:
+        return [row async for row in estimate_many(enricher, items, force=force)]
+
+    rows = enricher._sync.run(collect())
+    if output:
+        path = Path(output) if output != "-" else None
+        if path is not None and path.suffix.lower() not in (".jsonl", ".csv"):
+            raise ConfigError(f"{path}: an estimate is written as .jsonl or .csv")
+        text = "".join(r.model_dump_json() + "\n" for r in rows)
+        if path is not None and path.suffix.lower() == ".csv":
+            import csv
+            import io
+
+            buf = io.StringIO()
+            fields = list(type(rows[0]).model_fields) if rows else ["ok"]
+            writer = csv.DictWriter(buf, fieldnames=fields)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow(r.model_dump())
+            text = buf.getvalue()
+        if path is None:
+            _out(text.rstrip())
+        else:
+            path.write_text(text, encoding="utf-8")
+    good = [r for r in rows if r.ok and r.strategy != "skipped"]
+    costs = [r.cost for r in good if r.cost is not None]
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"enrich: cost estimate ({enricher.config.llm.model}, no LLM called)")
+    table.add_column("")
+    table.add_column("", justify="right")
+    for name, value in (
+        ("conversations", f"{len(rows):,}"),
+        ("to enrich", f"{len(good):,}"),
+        ("already done (free)", f"{sum(r.strategy == 'skipped' for r in rows):,}"),
+        ("cannot be enriched", f"{sum(not r.ok for r in rows):,}"),
+        ("LLM requests", f"{sum(r.requests for r in good):,}"),
+        ("prompt tokens", f"{sum(r.prompt_tokens for r in good):,}"),
+        ("completion tokens (~250 an answer)", f"{sum(r.completion_tokens for r in good):,}"),
+        ("cost per conversation (median)", f"${statistics.median(costs):.6f}" if costs else "-"),
+        ("cost in all (USD)", f"${sum(costs):.4f}" if costs else "no price for this model"),
+    ):
+        table.add_row(name, value)
+    Console(stderr=True, width=100).print(table)
+    return EXIT_OK
 
 
 def _via(value: str) -> str:
@@ -898,6 +966,7 @@ def backfill(
     force: ForceOpt = False,
     via: ViaOpt = "direct",
     poll_seconds: PollOpt = 10.0,
+    estimate: EstimateOpt = False,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     mode: ModeOpt = None,
@@ -921,6 +990,12 @@ def backfill(
         items = backfill_items(
             enricher, agent_id, start, end, timedelta(hours=window_hours), split_at=split_at
         )
+        if estimate:
+            try:
+                code = _estimate(enricher, items, force=force, output=output)
+            finally:
+                enricher.close()
+            raise typer.Exit(code)
         try:
             code = _drive(
                 enricher,

@@ -95,6 +95,9 @@ class ChatDashSettings(_Section):
     base_url: str = DEFAULT_CHATDASH_BASE_URL
     timeout: float = Field(default=30.0, gt=0, description="seconds for one request")
     max_attempts: int = Field(default=4, ge=1, le=20, description="tries of one request")
+    max_total_seconds: float = Field(
+        default=120.0, gt=0, description="no retry starts after this long on one request"
+    )
     backoff: float = Field(default=0.5, ge=0, description="first retry delay in seconds")
     max_backoff: float = Field(default=30.0, ge=0, description="longest single wait")
     max_connections: int = Field(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -27,7 +28,7 @@ from .schema import Enrichment, build_update, ground_queries, output_schema
 from .transcript import CallMetadata, Transcript, parse_transcript
 from .usage import Usage
 
-__all__ = ["Enricher", "EnrichmentResult", "ReplayReport", "TranscriptInput"]
+__all__ = ["Enricher", "EnrichmentResult", "CostEstimate", "ReplayReport", "TranscriptInput"]
 
 if TYPE_CHECKING:
     from .batch import BatchResult, BatchRun
@@ -72,6 +73,22 @@ class EnrichmentResult(BaseModel):
     agent_id: str | None = None
     conversation_id: str | None = None
     written: bool = False
+
+
+class CostEstimate(BaseModel):
+    """What a conversation should cost, before any LLM call (see :meth:`Enricher.estimate`)."""
+
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None = Field(description="USD at list price; None: the model has no price")
+    strategy: Literal["single", "map_reduce"]
+
+
+def count_tokens(text: str, config: Config) -> int:
+    from .tokens import get_counter
+
+    return get_counter(config.llm.tokenizer).count(text)
 
 
 class ReplayReport(BaseModel):
@@ -488,6 +505,49 @@ class Enricher:
                 else:
                     report.written += 1
         return report
+
+    def estimate(
+        self,
+        transcript: TranscriptInput,
+        *,
+        format: str | None = None,
+        completion_tokens: int = 250,
+    ) -> CostEstimate:
+        """What enriching ``transcript`` should cost, without calling the LLM: its requests and
+        prompt tokens as planned (offline count), ``completion_tokens`` per answer, list price."""
+        from .longcall import PART_SCHEMA, plan
+
+        parsed = self.parse(transcript, format=format)
+        p = plan(parsed, self.config, self.prompts, self._schema)
+        counter_schema = json.dumps(self._schema)
+        if p.strategy == "single":
+            prompt = sum(count_tokens(m["content"], self.config) for m in p.messages)
+            prompt += count_tokens(counter_schema, self.config)
+            requests = 1
+        else:
+            prompt = 0
+            for i, part in enumerate(p.parts, 1):
+                messages = self.prompts.part_messages(
+                    part,
+                    self.config.analysis,
+                    schema=PART_SCHEMA,
+                    mode=self.config.llm.mode,
+                    index=i,
+                    count=len(p.parts),
+                )
+                prompt += sum(count_tokens(m["content"], self.config) for m in messages)
+            prompt += len(p.parts) * (250 + count_tokens(json.dumps(PART_SCHEMA), self.config))
+            prompt += p.budget // 5  # the final call: notes, the last turns, the instructions
+            requests = len(p.parts) + 1
+        completion = completion_tokens * requests
+        price = self.config.price(self.config.llm.model)
+        return CostEstimate(
+            requests=requests,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost=price.cost(prompt, completion) if price else None,
+            strategy=p.strategy,
+        )
 
     # -- many conversations ---------------------------------------------------------------------
 

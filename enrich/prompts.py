@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import AnalysisSettings
 from .errors import TemplateError
-from .transcript import ROLE_LABELS, CallMetadata, Transcript, Turn
+from .transcript import ROLE_LABELS, CallMetadata, Role, Transcript, Turn
 
 __all__ = ["Prompts", "TEMPLATE_NAMES", "packaged_prompts_dir"]
 
@@ -152,6 +152,10 @@ class Prompts:
             "schema_json": json.dumps(schema, ensure_ascii=False),
             "metadata": metadata.model_dump(mode="json", exclude_defaults=True),
             "turns": _turns(turns),
+            # tools' results, for a template that wants them as context (the defaults do not)
+            "tool_turns": _turns(
+                [t for t in transcript.turns if t.role == Role.TOOL] if transcript else []
+            ),
             "strategy": "single",
             "part": None,
             "merging": False,

@@ -423,3 +423,27 @@ def test_batch_api_costs_half(fake_chatdash, tmp_path):
 def test_batch_item_needs_an_id():
     with pytest.raises(ValueError):
         BatchItem(agent_id="")
+
+
+def test_estimate_calls_no_llm_and_prices_the_job(env, fake_llm, fake_chatdash, monkeypatch):
+    monkeypatch.setenv("ENRICH_MODEL", "gpt-4o-mini")
+    rows = items(4)
+    rows[2] = {"agent_id": "agent-1", "conversation_id": "fetched"}  # fetched from ChatDash
+    fake_chatdash.conversations[("agent-1", "fetched")] = {}
+    fake_chatdash.messages[("agent-1", "fetched")] = [
+        {"sender": "bot", "type": "text", "content": {"text": "Hello!"}},
+        {"sender": "user", "type": "text", "content": {"text": "Cancel my booking."}},
+    ]
+    path = write_jsonl(env["tmp"] / "in.jsonl", rows)
+    out = env["tmp"] / "estimate.jsonl"
+    r = runner.invoke(app, ["batch", path, "--estimate", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert fake_llm.requests == [] and fake_chatdash.puts == []
+    assert "cost estimate (gpt-4o-mini, no LLM called)" in r.stderr
+    est = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [e["requests"] for e in est] == [1, 1, 1, 1]
+    assert all(e["prompt_tokens"] > 500 and e["cost"] > 0 for e in est)
+    # the estimate is close to what the run then counts
+    run = runner.invoke(app, ["batch", path, "--dry-run", "-o", str(env["tmp"] / "r.jsonl")])
+    assert run.exit_code == 0
+    assert len(fake_llm.requests) == 4

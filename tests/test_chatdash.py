@@ -186,3 +186,15 @@ def test_unreachable_chatdash_names_the_url(fake_llm):
     ):
         e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
     assert "http://127.0.0.1:9/agents/agent-1/conversations/conv-1" in str(info.value)
+
+
+def test_retries_stop_at_the_total_time_bound(fake_llm, fake_chatdash):
+    fake_chatdash.fail(*[Fault(status=503, headers={"Retry-After": "5"}) for _ in range(5)])
+    config = make_config(
+        fake_llm, fake_chatdash, chatdash={"max_attempts": 5, "max_total_seconds": 1}
+    )
+    start = time.monotonic()
+    with Enricher(config) as e, pytest.raises(ChatDashError, match="after 1 attempt"):
+        e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
+    assert time.monotonic() - start < 3
+    assert len(fake_chatdash.puts) == 1
