@@ -45,6 +45,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+#: At most this many misunderstood queries (and part requests): a bound on the answer's length
+#: that also stops a weak model from repeating itself until it runs out of tokens.
+MAX_QUERIES = 10
+
+
 class Evaluation(_Strict):
     reason: str = Field(
         min_length=1,
@@ -69,7 +74,8 @@ class Enrichment(_Strict):
     topic: str = Field(min_length=1, description="The main topic of the conversation.")
     subtopic: str = Field(min_length=1, description="The subtopic, within the topic.")
     misunderstood_queries: list[MisunderstoodQuery] = Field(
-        description="User queries the agent misunderstood or could not answer; empty if none."
+        max_length=MAX_QUERIES,
+        description="User queries the agent misunderstood or could not answer; empty if none.",
     )
     evaluation: Evaluation
 
@@ -97,10 +103,13 @@ class PartNotes(_Strict):
     """Notes on one part of a conversation too long for one call (the map step)."""
 
     summary: str = Field(min_length=1, description="What happened in this part, factually.")
-    user_requests: list[str] = Field(description="What the user asked for in this part.")
+    user_requests: list[str] = Field(
+        max_length=MAX_QUERIES, description="What the user asked for in this part."
+    )
     misunderstood_queries: list[MisunderstoodQuery] = Field(
+        max_length=MAX_QUERIES,
         description="User queries in this part that the agent misunderstood or did not answer; "
-        "quoted from user turns; empty if none."
+        "quoted from user turns; empty if none.",
     )
     outcome: str = Field(
         min_length=1,
