@@ -2,7 +2,7 @@
 configured with ``rpm: 600`` should run at 90% or more of it with under 2% of its requests
 answered 429; the same batch unpaced is shown for comparison.
 
-    python bench/ratelimit.py [--conversations 900] [--unpaced 300]
+    python bench/ratelimit.py [--conversations 900] [--unpaced 900]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run(items, rpm, concurrency):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--conversations", type=int, default=900)
-    p.add_argument("--unpaced", type=int, default=300)
+    p.add_argument("--unpaced", type=int, default=900)
     p.add_argument("--concurrency", type=int, default=64)
     args = p.parse_args()
     texts = dialogues()
@@ -57,6 +57,8 @@ def main() -> None:
         ("paced, rpm 600", args.conversations, LIMIT),
         ("unpaced", args.unpaced, None),
     ):
+        if n == 0:
+            continue
         items = [
             {"agent_id": "a", "conversation_id": f"c{i:05d}", "transcript": texts[i % 600]}
             for i in range(n)

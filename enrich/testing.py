@@ -175,12 +175,15 @@ class Reply:
         )
 
 
-def _example(schema: dict[str, Any]) -> Any:
+def _example(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
+    defs = schema.get("$defs", defs or {})
+    if "$ref" in schema:
+        return _example(defs.get(schema["$ref"].split("/")[-1], {}), defs)
     if "enum" in schema:
         return schema["enum"][0]
     kind = schema.get("type")
     if kind == "object":
-        return {k: _example(v) for k, v in schema.get("properties", {}).items()}
+        return {k: _example(v, defs) for k, v in schema.get("properties", {}).items()}
     return {"array": [], "string": "example", "boolean": True, "number": 0, "integer": 0}.get(kind)
 
 
@@ -203,8 +206,8 @@ def valid_answer(request: dict[str, Any]) -> dict[str, Any]:
             value[key] = text
     if "user_requests" in value:
         value["user_requests"] = ["help with an account"]
-    if isinstance(value.get("evaluation"), dict):
-        value["evaluation"] = {"reason": "The agent resolved the request.", "is_success": True}
+    if isinstance(value.get("evaluation"), dict) and "reason" in value["evaluation"]:
+        value["evaluation"]["reason"] = "The agent resolved the request."
     if "misunderstood_queries" in value:
         text = _last_user_text(request)
         user_lines = re.findall(r"^User(?: \[[\d:]+\])?: (.+)$", text, re.MULTILINE)
