@@ -152,18 +152,42 @@ def _stage(exc: BaseException) -> str:
     return "internal"
 
 
+def _bad(item: _BadItem) -> BatchResult:
+    """The failed result of an item that could not be read."""
+    return BatchResult(
+        line=item.line,
+        status="failed",
+        ok=False,
+        error=item.error,
+        error_type="InputError",
+        stage="input",
+    )
+
+
+def _failed(
+    item: BatchItem, conversation_id: str | None, exc: Exception, start: float
+) -> BatchResult:
+    """The failed result of an item whose enrichment raised ``exc`` (kept, if it was paid)."""
+    message = str(exc) if isinstance(exc, EnrichError) else f"internal error: {exc!r}"
+    return BatchResult(
+        agent_id=item.agent_id,
+        conversation_id=conversation_id,
+        line=item.line,
+        status="failed",
+        ok=False,
+        result=getattr(exc, "result", None),
+        error=message,
+        error_type=type(exc).__name__,
+        stage=_stage(exc),  # type: ignore[arg-type]
+        seconds=time.perf_counter() - start,
+    )
+
+
 async def _one(enricher: Enricher, raw: Any, *, write: bool, force: bool) -> BatchResult:
     start = time.perf_counter()
     item = _item(raw)
     if isinstance(item, _BadItem):
-        return BatchResult(
-            line=item.line,
-            status="failed",
-            ok=False,
-            error=item.error,
-            error_type="InputError",
-            stage="input",
-        )
+        return _bad(item)
     conversation_id = item.conversation_id
     try:
         if conversation_id is None:
@@ -186,19 +210,7 @@ async def _one(enricher: Enricher, raw: Any, *, write: bool, force: bool) -> Bat
             )
             status = "enriched"
     except Exception as exc:  # noqa: BLE001 - one failure never aborts the batch
-        message = str(exc) if isinstance(exc, EnrichError) else f"internal error: {exc!r}"
-        return BatchResult(
-            agent_id=item.agent_id,
-            conversation_id=conversation_id,
-            line=item.line,
-            status="failed",
-            ok=False,
-            result=getattr(exc, "result", None),
-            error=message,
-            error_type=type(exc).__name__,
-            stage=_stage(exc),  # type: ignore[arg-type]
-            seconds=time.perf_counter() - start,
-        )
+        return _failed(item, conversation_id, exc, start)
     return BatchResult(
         agent_id=item.agent_id,
         conversation_id=conversation_id,

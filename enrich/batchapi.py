@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .batch import BatchItem, BatchResult, _BadItem, _item, _one, _stage
+from .batch import BatchItem, BatchResult, _bad, _BadItem, _failed, _item, _one
 from .errors import EnrichError, LLMError
 from .ledger import State
 from .llm import LLMResult, format_validation_errors
@@ -72,14 +72,7 @@ async def run_via_batch_api(
     async for raw in _aiter(items):
         item = _item(raw)
         if isinstance(item, _BadItem):
-            yield BatchResult(
-                line=item.line,
-                status="failed",
-                ok=False,
-                error=item.error,
-                error_type="InputError",
-                stage="input",
-            )
+            yield _bad(item)
             continue
         try:
             conversation_id = item.conversation_id or await enricher.aresolve(
@@ -102,16 +95,7 @@ async def run_via_batch_api(
             else:
                 parsed = enricher.parse(item.transcript, format=item.format)
         except EnrichError as exc:
-            yield BatchResult(
-                agent_id=item.agent_id,
-                conversation_id=item.conversation_id,
-                line=item.line,
-                status="failed",
-                ok=False,
-                error=str(exc),
-                error_type=type(exc).__name__,
-                stage=_stage(exc),  # type: ignore[arg-type]
-            )
+            yield _failed(item, item.conversation_id, exc, time.perf_counter())
             continue
         if plan(parsed, enricher.config, enricher.prompts, schema).strategy != "single":
             direct.append(item.model_copy(update={"conversation_id": conversation_id}))
@@ -202,19 +186,7 @@ async def run_via_batch_api(
             if write:
                 result = await enricher.awrite(result)
         except Exception as exc:  # noqa: BLE001 - one failure never aborts the batch
-            message = str(exc) if isinstance(exc, EnrichError) else f"internal error: {exc!r}"
-            return BatchResult(
-                agent_id=job.item.agent_id,
-                conversation_id=job.conversation_id,
-                line=job.item.line,
-                status="failed",
-                ok=False,
-                result=getattr(exc, "result", None),
-                error=message,
-                error_type=type(exc).__name__,
-                stage=_stage(exc),  # type: ignore[arg-type]
-                seconds=time.perf_counter() - job.start,
-            )
+            return _failed(job.item, job.conversation_id, exc, job.start)
         return BatchResult(
             agent_id=job.item.agent_id,
             conversation_id=job.conversation_id,

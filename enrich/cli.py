@@ -837,31 +837,54 @@ def batch(
 
         if input != "-" and not Path(input).is_file():
             raise InputError(f"{input}: no such file")
-        cfg = _config(config, model=model, mode=mode, rpm=rpm, tpm=tpm)
-        enricher = Enricher(cfg)
+        enricher = Enricher(_config(config, model=model, mode=mode, rpm=rpm, tpm=tpm))
+        code = _job(
+            enricher,
+            lambda: read_items(input),
+            total=_count_lines(input),
+            concurrency=concurrency,
+            dry_run=dry_run,
+            force=force,
+            output=output,
+            via=via,
+            poll_seconds=poll_seconds,
+            estimate=estimate,
+        )
+    raise typer.Exit(code)
+
+
+def _job(
+    enricher: Any,
+    items: Any,
+    *,
+    total: int | None,
+    concurrency: int,
+    dry_run: bool,
+    force: bool,
+    output: str | None,
+    via: str,
+    poll_seconds: float,
+    estimate: bool,
+) -> int:
+    """A batch or backfill: estimate it, or run it; ``items()`` makes the items."""
+    try:
         if estimate:
-            try:
-                code = _estimate(enricher, read_items(input), force=force, output=output)
-            finally:
-                enricher.close()
-            raise typer.Exit(code)
+            return _estimate(enricher, items(), force=force, output=output)
         if not dry_run:
             enricher.chatdash.check()
-        try:
-            code = _drive(
-                enricher,
-                read_items(input),
-                total=_count_lines(input),
-                concurrency=concurrency,
-                write=not dry_run,
-                force=force,
-                output=output,
-                via=_via(via),
-                poll_seconds=poll_seconds,
-            )
-        finally:
-            enricher.close()
-    raise typer.Exit(code)
+        return _drive(
+            enricher,
+            items(),
+            total=total,
+            concurrency=concurrency,
+            write=not dry_run,
+            force=force,
+            output=output,
+            via=_via(via),
+            poll_seconds=poll_seconds,
+        )
+    finally:
+        enricher.close()
 
 
 def _estimate(enricher: Any, items: Any, *, force: bool, output: str | None) -> int:
@@ -984,32 +1007,22 @@ def backfill(
         end = _when(until, "--until") if until else datetime.now(UTC)
         if end <= start:
             raise InputError("--until must be after --since")
-        cfg = _config(config, model=model, mode=mode, rpm=rpm, tpm=tpm)
-        enricher = Enricher(cfg)
-        enricher.chatdash.check()
-        items = backfill_items(
-            enricher, agent_id, start, end, timedelta(hours=window_hours), split_at=split_at
+        enricher = Enricher(_config(config, model=model, mode=mode, rpm=rpm, tpm=tpm))
+        enricher.chatdash.check()  # listing needs ChatDash, even for an estimate
+        code = _job(
+            enricher,
+            lambda: backfill_items(
+                enricher, agent_id, start, end, timedelta(hours=window_hours), split_at=split_at
+            ),
+            total=None,
+            concurrency=concurrency,
+            dry_run=dry_run,
+            force=force,
+            output=output,
+            via=via,
+            poll_seconds=poll_seconds,
+            estimate=estimate,
         )
-        if estimate:
-            try:
-                code = _estimate(enricher, items, force=force, output=output)
-            finally:
-                enricher.close()
-            raise typer.Exit(code)
-        try:
-            code = _drive(
-                enricher,
-                items,
-                total=None,
-                concurrency=concurrency,
-                write=not dry_run,
-                force=force,
-                output=output,
-                via=_via(via),
-                poll_seconds=poll_seconds,
-            )
-        finally:
-            enricher.close()
     raise typer.Exit(code)
 
 

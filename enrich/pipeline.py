@@ -99,6 +99,26 @@ class ReplayReport(BaseModel):
     failed: list[str] = Field(default_factory=list)
 
 
+def _from_ledger(entry: LedgerEntry, **fields: Any) -> EnrichmentResult:
+    """A result for an enrichment the ledger holds: no LLM call, no cost this time."""
+    values: dict[str, Any] = {
+        "enrichment": Enrichment.model_validate(entry.enrichment["enrichment"]),
+        "update": entry.body,
+        "usage": Usage(),
+        "attempts": 0,
+        "model": entry.model,
+        "dropped_queries": entry.enrichment.get("dropped_queries", []),
+        "strategy": entry.enrichment.get("strategy", "single"),
+        "parts": entry.enrichment.get("parts", 1),
+        "transcript_format": "ledger",
+        "turns": 0,
+        "reused": True,
+        "agent_id": entry.agent_id,
+        "conversation_id": entry.conversation_id,
+    }
+    return EnrichmentResult(**{**values, **fields})
+
+
 class _LoopThread:
     """A private event loop in a daemon thread, for the synchronous API."""
 
@@ -273,17 +293,8 @@ class Enricher:
         if ledger is not None and not force:
             entry = ledger.get(agent_id, conversation_id)  # type: ignore[arg-type]
             if entry is not None and entry.fingerprint == fingerprint:
-                enrichment = Enrichment.model_validate(entry.enrichment["enrichment"])
-                result = EnrichmentResult(
-                    enrichment=enrichment,
-                    update=self._update(enrichment, parsed),
-                    usage=Usage(),
-                    attempts=0,
-                    model=entry.model,
-                    dropped_queries=entry.enrichment.get("dropped_queries", []),
-                    reused=True,
-                    **base,
-                )
+                result = _from_ledger(entry, **base)
+                result.update = self._update(result.enrichment, parsed)  # today's write.fields
                 return result, entry
 
         answer, strategy, parts, tokens = await self._ask(parsed)
@@ -458,20 +469,7 @@ class Enricher:
         if (entry.model, entry.prompt_hash, entry.taxonomy_hash) != current:
             return None
         self.ledger.note(agent_id, conversation_id, "skipped", {"why": "already written"})
-        return EnrichmentResult(
-            enrichment=Enrichment.model_validate(entry.enrichment["enrichment"]),
-            update=entry.body,
-            usage=Usage(),
-            attempts=0,
-            model=entry.model,
-            transcript_format="ledger",
-            turns=0,
-            reused=True,
-            written=True,
-            already_written=True,
-            agent_id=agent_id,
-            conversation_id=conversation_id,
-        )
+        return _from_ledger(entry, written=True, already_written=True)
 
     async def areplay(self, *, include_failed: bool = False) -> ReplayReport:
         """Send every ``pending`` write again (and ``failed`` ones with ``include_failed``);
@@ -486,20 +484,8 @@ class Enricher:
                 if not self.ledger.claim(entry.agent_id, entry.conversation_id):
                     report.skipped += 1
                     continue
-                result = EnrichmentResult(
-                    enrichment=Enrichment.model_validate(entry.enrichment["enrichment"]),
-                    update=entry.body,
-                    usage=Usage(),
-                    attempts=0,
-                    model=entry.model,
-                    transcript_format="ledger",
-                    turns=0,
-                    reused=True,
-                    agent_id=entry.agent_id,
-                    conversation_id=entry.conversation_id,
-                )
                 try:
-                    await self.awrite(result)
+                    await self.awrite(_from_ledger(entry))
                 except ChatDashError as exc:
                     report.failed.append(f"{entry.agent_id}/{entry.conversation_id}: {exc}")
                 else:
