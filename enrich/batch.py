@@ -312,6 +312,7 @@ class BatchRun:
                     force=force,
                     poll_seconds=poll_seconds,
                     on_progress=on_progress,
+                    stop=self._stop,
                 )
             else:
                 source = run_many(

@@ -47,6 +47,7 @@ class _Job:
         self.conversation_id = conversation_id
         self.parsed = parsed
         self.messages: list[dict[str, Any]] = []
+        self.source: tuple[str, str] | None = None  # (batch id, custom id)
         self.start = time.perf_counter()
 
 
@@ -58,7 +59,10 @@ async def run_via_batch_api(
     force: bool = False,
     poll_seconds: float = 10.0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[BatchResult]:
+    """Enrich ``items`` through one Batch API job; ``stop`` leaves the job waiting (it is in the
+    ledger: the same command collects it later)."""
     from .batch import _aiter
     from .longcall import plan
 
@@ -107,53 +111,86 @@ async def run_via_batch_api(
         jobs.append(job)
         index += 1
 
-    # 2. one batch for everything that fits one request
-    outputs: dict[str, dict[str, Any]] = {}
+    # 2. one batch for everything that fits one request; a job an interrupted run left open
+    #    (recorded in the ledger) is collected instead of being paid for again
+    ledger = enricher.ledger
+    outputs: dict[tuple[str, str], dict[str, Any]] = {}
     if jobs:
         client = llm._client()
-        lines = [
-            json.dumps(
-                {
-                    "custom_id": str(job.index),
-                    "method": "POST",
-                    "url": "/v1/chat/completions",
-                    "body": llm._request(job.messages, schema),
-                },
-                ensure_ascii=False,
-            )
-            for job in jobs
-        ]
+        adopted: dict[str, tuple[str, str]] = {}
+        open_jobs = ledger.open_batch_jobs() if ledger is not None and not force else {}
+        for batch_id, rows in open_jobs.items():
+            for custom_id, key in rows.items():
+                adopted["|".join(key)] = (batch_id, custom_id)
+        fresh = []
+        for job in jobs:
+            job.source = adopted.get("|".join(_key(enricher, job)))
+            if job.source is None:
+                fresh.append(job)
         try:
-            upload = await client.files.create(
-                file=("enrich-batch.jsonl", ("\n".join(lines) + "\n").encode()), purpose="batch"
-            )
-            created = await client.batches.create(
-                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
-            )
-            log.info("batch %s created for %d conversations", created.id, len(jobs))
-            status = created
-            while status.status not in _DONE:
-                await asyncio.sleep(poll_seconds)
-                status = await client.batches.retrieve(created.id)
-                if on_progress is not None:
-                    counts = status.request_counts
-                    on_progress(
+            if fresh:
+                lines = [
+                    json.dumps(
                         {
-                            "id": status.id,
-                            "status": status.status,
-                            "completed": counts.completed if counts else 0,
-                            "failed": counts.failed if counts else 0,
-                            "total": counts.total if counts else len(jobs),
-                        }
+                            "custom_id": str(job.index),
+                            "method": "POST",
+                            "url": "/v1/chat/completions",
+                            "body": llm._request(job.messages, schema),
+                        },
+                        ensure_ascii=False,
                     )
-            if status.status != "completed":
-                log.warning("batch %s ended %s: asking its rows directly", status.id, status.status)
-            if status.output_file_id:
-                content = await client.files.content(status.output_file_id)
-                for line in content.text.splitlines():
-                    if line.strip():
-                        row = json.loads(line)
-                        outputs[row["custom_id"]] = row
+                    for job in fresh
+                ]
+                upload = await client.files.create(
+                    file=("enrich-batch.jsonl", ("\n".join(lines) + "\n").encode()),
+                    purpose="batch",
+                )
+                created = await client.batches.create(
+                    input_file_id=upload.id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                )
+                if ledger is not None:  # recorded before anything can interrupt the wait
+                    ledger.record_batch_job(
+                        created.id, {str(job.index): _key(enricher, job) for job in fresh}
+                    )
+                log.warning(
+                    "Batch API job %s created for %d conversations; if interrupted, run the "
+                    "same command again to collect it",
+                    created.id,
+                    len(fresh),
+                )
+                for job in fresh:
+                    job.source = (created.id, str(job.index))
+            pending = sorted({job.source[0] for job in jobs if job.source})
+            for batch_id in pending:
+                status = await client.batches.retrieve(batch_id)
+                while status.status not in _DONE:
+                    if stop is not None and stop.is_set():
+                        return  # the job stays open in the ledger for the next run
+                    await asyncio.sleep(poll_seconds)
+                    status = await client.batches.retrieve(batch_id)
+                    if on_progress is not None:
+                        counts = status.request_counts
+                        on_progress(
+                            {
+                                "id": status.id,
+                                "status": status.status,
+                                "completed": counts.completed if counts else 0,
+                                "failed": counts.failed if counts else 0,
+                                "total": counts.total if counts else len(jobs),
+                            }
+                        )
+                if status.status != "completed":
+                    log.warning(
+                        "batch %s ended %s: asking its rows directly", batch_id, status.status
+                    )
+                if status.output_file_id:
+                    content = await client.files.content(status.output_file_id)
+                    for line in content.text.splitlines():
+                        if line.strip():
+                            row = json.loads(line)
+                            outputs[(batch_id, row["custom_id"])] = row
         except Exception as exc:  # noqa: BLE001 - fall back to direct calls, say why
             log.warning("the Batch API failed (%s): asking directly", exc)
 
@@ -161,7 +198,7 @@ async def run_via_batch_api(
     semaphore = asyncio.Semaphore(max(1, enricher.config.llm.part_concurrency))
 
     async def settle(job: _Job) -> BatchResult:
-        row = outputs.get(str(job.index))
+        row = outputs.get(job.source) if job.source else None
         try:
             answer, batch_usage = await _answer(enricher, job, row, semaphore)
             direct_usage = answer.usage
@@ -199,6 +236,11 @@ async def run_via_batch_api(
 
     for done in asyncio.as_completed([settle(job) for job in jobs]):
         yield await done
+    if ledger is not None:  # every row of these jobs is now kept in the ledger
+        consumed = {job.source for job in jobs if job.source}
+        for batch_id, rows in ledger.open_batch_jobs().items():
+            if all((batch_id, custom_id) in consumed for custom_id in rows):
+                ledger.close_batch_job(batch_id, "collected")
     for item in direct:
         yield await _one(enricher, item, write=write, force=force)
 
@@ -257,6 +299,18 @@ async def _answer(
             exc.usage = batch_usage + (exc.usage or Usage())
             raise
     return answer, batch_usage
+
+
+def _key(enricher: Enricher, job: _Job) -> list[str]:
+    fp = enricher.fingerprint(job.parsed)
+    return [
+        job.item.agent_id,
+        job.conversation_id,
+        fp.transcript_hash,
+        fp.model,
+        fp.prompt_hash,
+        fp.taxonomy_hash,
+    ]
 
 
 def _cost(enricher: Enricher, model: str, batch: Usage, direct: Usage) -> float | None:

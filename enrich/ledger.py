@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS events (
     detail          TEXT
 );
 CREATE INDEX IF NOT EXISTS events_conversation ON events (conversation_id, agent_id);
+CREATE TABLE IF NOT EXISTS batch_jobs (
+    batch_id   TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    rows       TEXT NOT NULL
+);
 """
 
 
@@ -400,6 +406,32 @@ class Ledger:
                 "write_failed",
                 {"error": error, "state": state.value},
             )
+
+    # -- Batch API jobs: paid for at OpenAI, collected even after an interruption -----------------
+
+    def record_batch_job(self, batch_id: str, rows: dict[str, list[str]]) -> None:
+        """A Batch API job just created; ``rows`` maps each custom_id to the key of what it
+        enriches (agent, conversation, and the fingerprint's hashes)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO batch_jobs (batch_id, created_at, status, rows) "
+                "VALUES (?, ?, 'open', ?)",
+                (batch_id, _now(), json.dumps(rows)),
+            )
+
+    def open_batch_jobs(self) -> dict[str, dict[str, list[str]]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT batch_id, rows FROM batch_jobs WHERE status = 'open' ORDER BY created_at"
+            )
+            .fetchall()
+        )
+        return {r["batch_id"]: json.loads(r["rows"]) for r in rows}
+
+    def close_batch_job(self, batch_id: str, status: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE batch_jobs SET status = ? WHERE batch_id = ?", (status, batch_id))
 
     def note(self, agent_id: str, conversation_id: str, event: str, detail: Any = None) -> None:
         with self._tx() as conn:

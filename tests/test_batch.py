@@ -447,3 +447,25 @@ def test_estimate_calls_no_llm_and_prices_the_job(env, fake_llm, fake_chatdash, 
     run = runner.invoke(app, ["batch", path, "--dry-run", "-o", str(env["tmp"] / "r.jsonl")])
     assert run.exit_code == 0
     assert len(fake_llm.requests) == 4
+
+
+def test_an_interrupted_batch_api_job_is_collected_by_the_next_run(fake_chatdash, tmp_path):
+    with FakeLLM(batch_seconds=30) as llm:
+        config = make_config(llm, fake_chatdash, ledger={"path": str(tmp_path / "l.db")})
+        rows = items(5)
+        with Enricher(config) as e:
+            run = e.enrich_many(rows, via="batch-api", poll_seconds=0.05)
+            time.sleep(0.5)
+            run.stop()  # Ctrl-C while the job is still running at the provider
+            assert list(run) == []
+            (batch_id,) = e.ledger.open_batch_jobs()
+        assert len(llm.batches) == 1 and fake_chatdash.puts == []
+
+        llm.batches[batch_id]["_ready_at"] = 0  # the provider finishes it meanwhile
+        with Enricher(config) as e:
+            results = list(e.enrich_many(rows, via="batch-api", poll_seconds=0.05))
+            assert e.ledger.open_batch_jobs() == {}
+        assert len(llm.batches) == 1  # collected, not created and paid for again
+        assert sum(f["purpose"] == "batch" for f in llm.files.values()) == 1
+        assert [r.status for r in results] == ["written"] * 5
+        assert len(fake_chatdash.puts) == 5 and llm.count == 5
