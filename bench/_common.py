@@ -26,6 +26,20 @@ class Fakes:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
+    def config(self, ledger: str | None, **llm: object):
+        """A configuration aimed at these fakes; ``ledger`` is a path, or None for none."""
+        from enrich.config import load_config
+
+        return load_config(
+            None,
+            {
+                "llm": {"base_url": self.llm, "api_key": "sk-bench", **llm},
+                "chatdash": {"base_url": self.chatdash, "api_key": self.key},
+                "ledger": {"enabled": ledger is not None, "path": ledger},
+            },
+            environ={},
+        )
+
     def env(self, **extra: str) -> dict:
         env = {
             **os.environ,

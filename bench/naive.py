@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import dialogues, fakes, machine  # noqa: E402
 
 from enrich import Enricher  # noqa: E402
-from enrich.config import load_config  # noqa: E402
 
 
 class Evaluation(BaseModel):
@@ -72,15 +71,7 @@ def naive(f, items) -> float:
 
 def with_enrich(f, items, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(
-            None,
-            {
-                "llm": {"base_url": f.llm, "api_key": "sk-bench"},
-                "chatdash": {"base_url": f.chatdash, "api_key": f.key},
-                "ledger": {"path": str(Path(tmp) / "l.db")},
-            },
-            environ={},
-        )
+        config = f.config(str(Path(tmp) / "l.db"))
         with Enricher(config) as e:
             start = time.perf_counter()
             results = list(e.enrich_many(items, concurrency=concurrency))

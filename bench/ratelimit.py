@@ -17,7 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import dialogues, fakes, machine  # noqa: E402
 
 from enrich import Enricher  # noqa: E402
-from enrich.config import load_config  # noqa: E402
 
 LIMIT = 600
 
@@ -27,15 +26,7 @@ def run(items, rpm, concurrency):
         fakes("--rpm-limit", str(LIMIT), "--latency", "0.2") as f,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        config = load_config(
-            None,
-            {
-                "llm": {"base_url": f.llm, "api_key": "sk-bench", "rpm": rpm, "max_retries": 8},
-                "chatdash": {"base_url": f.chatdash, "api_key": f.key},
-                "ledger": {"path": str(Path(tmp) / "l.db")},
-            },
-            environ={},
-        )
+        config = f.config(str(Path(tmp) / "l.db"), rpm=rpm, max_retries=8)
         with Enricher(config) as e:
             start = time.perf_counter()
             results = list(e.enrich_many(items, concurrency=concurrency))

@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import dialogues, fakes, machine  # noqa: E402
 
 from enrich import Enricher  # noqa: E402
-from enrich.config import load_config  # noqa: E402
 
 
 def main() -> None:
@@ -46,15 +45,7 @@ def main() -> None:
     rates, cpus = [], []
     for run in range(args.runs):
         with fakes("--latency", str(args.latency)) as f, tempfile.TemporaryDirectory() as tmp:
-            config = load_config(
-                None,
-                {
-                    "llm": {"base_url": f.llm, "api_key": "sk-bench"},
-                    "chatdash": {"base_url": f.chatdash, "api_key": f.key},
-                    "ledger": {"enabled": not args.no_ledger, "path": str(Path(tmp) / "l.db")},
-                },
-                environ={},
-            )
+            config = f.config(None if args.no_ledger else str(Path(tmp) / "l.db"))
             with Enricher(config) as e:
                 cpu0, t0 = time.process_time(), time.perf_counter()
                 results = list(e.enrich_many(items, concurrency=args.concurrency))
