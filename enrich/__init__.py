@@ -15,6 +15,7 @@ from ._version import __version__
 from .config import Config, load_config
 from .errors import (
     ChatDashError,
+    ChatDashLookupError,
     ConfigError,
     EnrichError,
     InputError,
@@ -59,4 +60,5 @@ __all__ = [
     "LLMTruncatedError",
     "LLMValidationError",
     "ChatDashError",
+    "ChatDashLookupError",
 ]

@@ -118,25 +118,33 @@ def read_items(path: str | Path) -> Iterator[BatchItem | _BadItem]:
     becomes a failed result naming its number, not an error that stops the batch."""
     import sys
 
-    stream = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    if str(path) != "-" and Path(path).is_dir():
+        raise InputError(f"{path}: is a directory, not a JSON Lines file")
+    stream = sys.stdin.buffer if str(path) == "-" else open(path, "rb")  # noqa: SIM115
     try:
-        for number, line in enumerate(stream, 1):
-            if not line.strip():
+        for number, raw in enumerate(stream, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+            except UnicodeDecodeError as exc:
+                yield _BadItem(
+                    line=number,
+                    error=f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                )
+                continue
+            if not line:
                 continue
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield _BadItem(line=number, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
+                yield _BadItem(line=number, error=f"invalid JSON at column {exc.colno}: {exc.msg}")
                 continue
             if not isinstance(data, dict):
                 yield _BadItem(line=number, error="expected a JSON object")
                 continue
             data["line"] = number
             yield _item(data)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from None
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
 
 
@@ -150,6 +158,10 @@ def _stage(exc: BaseException) -> str:
     if isinstance(exc, EnrichError):
         return "config"
     return "internal"
+
+
+def _where(item: BatchItem) -> str:
+    return f"line {item.line}" if item.line else f"conversation {item.conversation_id}"
 
 
 def _bad(item: _BadItem) -> BatchResult:
@@ -190,15 +202,22 @@ async def _one(enricher: Enricher, raw: Any, *, write: bool, force: bool) -> Bat
         return _bad(item)
     conversation_id = item.conversation_id
     try:
+        transcript = item.transcript
+        if transcript is not None:  # parsed here, so that an error names the line
+            transcript = enricher.parse(transcript, format=item.format, source=_where(item))
         if conversation_id is None:
             conversation_id = await enricher.aresolve(item.agent_id, item.platform_id or "")
         if write:
             result = await enricher.aenrich_and_write(
-                item.agent_id, conversation_id, item.transcript, format=item.format, force=force
+                item.agent_id,
+                conversation_id,
+                transcript,
+                format=item.format,
+                force=force,
+                skip_written=True,
             )
             status: Status = "skipped" if result.already_written else "written"
         else:
-            transcript = item.transcript
             if transcript is None:
                 transcript = await enricher.afetch(item.agent_id, conversation_id)
             result = await enricher.aenrich(
@@ -247,6 +266,9 @@ async def run_many(
     running: set[asyncio.Task[BatchResult]] = set()
     exhausted = False
 
+    seen: dict[tuple[str, str], int | None] = {}
+    early: list[BatchResult] = []  # duplicates, answered without work
+
     async def fill() -> None:
         nonlocal exhausted
         while not exhausted and len(running) < concurrency and not (stop and stop.is_set()):
@@ -255,11 +277,35 @@ async def run_many(
             except StopAsyncIteration:
                 exhausted = True
                 break
-            running.add(asyncio.ensure_future(_one(enricher, raw, write=write, force=force)))
+            item = _item(raw)
+            if isinstance(item, BatchItem):
+                key = (item.agent_id, item.conversation_id or f"platform:{item.platform_id}")
+                if key in seen:
+                    first = seen[key]
+                    early.append(
+                        BatchResult(
+                            agent_id=item.agent_id,
+                            conversation_id=item.conversation_id,
+                            line=item.line,
+                            status="skipped",
+                            ok=True,
+                            error=f"the same conversation as line {first} of this batch"
+                            if first
+                            else "the same conversation appears earlier in this batch",
+                        )
+                    )
+                    continue
+                seen[key] = item.line
+            running.add(asyncio.ensure_future(_one(enricher, item, write=write, force=force)))
 
     try:
         await fill()
-        while running:
+        while running or early:
+            while early:
+                yield early.pop()
+            if not running:
+                await fill()
+                continue
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             await fill()  # replacements start before the results are handed over
             for task in done:
@@ -459,7 +505,9 @@ async def estimate_many(
             transcript = item.transcript
             if transcript is None:
                 transcript = await enricher.afetch(item.agent_id, conversation_id)
-            est = enricher.estimate(transcript, format=item.format)
+            else:
+                transcript = enricher.parse(transcript, format=item.format, source=_where(item))
+            est = enricher.estimate(transcript)
         except EnrichError as exc:
             yield EstimateRow(
                 agent_id=item.agent_id,

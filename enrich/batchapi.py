@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .batch import BatchItem, BatchResult, _bad, _BadItem, _failed, _item, _one
+from .batch import BatchItem, BatchResult, _bad, _BadItem, _failed, _item, _one, _where
 from .errors import EnrichError, LLMError
 from .ledger import State
 from .llm import LLMResult, format_validation_errors
@@ -97,7 +97,7 @@ async def run_via_batch_api(
             if item.transcript is None:
                 parsed = await enricher.afetch(item.agent_id, conversation_id)
             else:
-                parsed = enricher.parse(item.transcript, format=item.format)
+                parsed = enricher.parse(item.transcript, format=item.format, source=_where(item))
         except EnrichError as exc:
             yield _failed(item, item.conversation_id, exc, time.perf_counter())
             continue

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 
 from .config import ChatDashSettings
-from .errors import ChatDashError, ConfigError, InputError, redact
+from .errors import ChatDashError, ChatDashLookupError, ConfigError, InputError, redact
 
 __all__ = ["ChatDash", "conversation_path"]
 
@@ -34,10 +34,9 @@ _RETRY_STATUS = {429, 500, 502, 503, 504}
 def _segment(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"{what} is empty")
-    encoded = quote(value, safe="")
-    if set(value) == {"."}:  # "." and ".." would be removed from the path by URL normalisation
-        encoded = encoded.replace(".", "%2E")
-    return encoded
+    if set(value) == {"."}:  # a proxy may normalise "." and ".." away, even percent-encoded
+        raise InputError(f"{what} {value!r} is not an id")
+    return quote(value, safe="")
 
 
 def conversation_path(agent_id: str, conversation_id: str) -> str:
@@ -89,9 +88,7 @@ class ChatDash:
 
     def check(self) -> None:
         if self.settings.api_key is None:
-            raise ConfigError(
-                "CHATDASH_API_KEY is not set: writing to ChatDash needs the agency key"
-            )
+            raise ConfigError("CHATDASH_API_KEY is not set: ChatDash needs the agency key")
 
     def _client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -161,7 +158,8 @@ class ChatDash:
                 detail = redact(_error_detail(response), secrets)
                 status = response.status_code
                 if status not in _RETRY_STATUS:
-                    raise ChatDashError(
+                    kind = ChatDashLookupError if method == "GET" else ChatDashError
+                    raise kind(
                         self._explain(status, what, detail),
                         method=method,
                         url=url,

@@ -65,11 +65,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help, and usage errors as plain lines
 )
 templates_app = typer.Typer(help="List and show the prompt templates in use.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
 
 log = logging.getLogger("enrich")
+
+
+def _console(**kwargs: Any) -> Any:
+    """A rich console whose broken pipe (``| head``) ends the command as our own output does."""
+    from rich.console import Console
+
+    class _Quiet(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Quiet(**kwargs)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -181,6 +193,13 @@ def _guard() -> Iterator[None]:
     except KeyboardInterrupt:
         _err("enrich: interrupted")
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # the reader of our output is gone (`| head`): stop quietly, as Unix tools do
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(141) from None
     except Exception as exc:  # noqa: BLE001 - this is the one place errors become exit codes
         _fail(exc)
 
@@ -387,10 +406,13 @@ def run(
                     _out(json.dumps(exc.result.update, ensure_ascii=False))
                     _err("enrich: the enrichment was paid for: its body is on stdout")
                 if enricher.ledger is not None:
-                    _err(
-                        f"enrich: it is kept in the ledger ({enricher.ledger.path}); "
-                        "`enrich replay` sends it again"
+                    refused = exc.status_code is not None and 400 <= exc.status_code < 500
+                    how = (
+                        "once the cause is fixed, `enrich replay --failed` sends it"
+                        if refused and exc.status_code != 429
+                        else "`enrich replay` sends it again"
                     )
+                    _err(f"enrich: it is kept in the ledger ({enricher.ledger.path}); {how}")
             raise
         finally:
             enricher.close()
@@ -467,6 +489,11 @@ def replay(
             )
         for line in report.failed:
             _err(f"enrich: {line}")
+        if report.refused_waiting:
+            _err(
+                f"enrich: {report.refused_waiting} write(s) ChatDash refused wait in the ledger: "
+                "fix the cause, then `enrich replay --failed`"
+            )
         if report.failed:
             raise ChatDashError(f"{len(report.failed)} write(s) failed again; still in the ledger")
 
@@ -543,7 +570,6 @@ def ledger_stats(
         if as_json:
             _out(json.dumps({"ledger": str(ledger.path), "states": rows}))
             return
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"ledger {ledger.path}")
@@ -570,7 +596,7 @@ def ledger_stats(
             table.add_row(r["state"], *[f"{v:,}" for v in values], cost)
             totals = [t + (v or 0) for t, v in zip(totals, [*values, r["cost"]], strict=True)]
         table.add_row("total", *[f"{v:,}" for v in totals[:5]], f"{totals[5]:.4f}", style="bold")
-        Console(width=120).print(table)
+        _console(width=120).print(table)
 
 
 # -- many conversations ------------------------------------------------------------------------
@@ -590,7 +616,6 @@ class _Progress:
         self.start = self.last = time.monotonic()
         self.bar = None
         if sys.stderr.isatty():
-            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -608,7 +633,7 @@ class _Progress:
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
-                console=Console(stderr=True),
+                console=_console(stderr=True),
             )
             self.task = self.bar.add_task("enrich", total=total, info="")
             self.bar.start()
@@ -640,10 +665,9 @@ class _Progress:
 
 
 def _summary(totals: Any, seconds: float, *, title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, show_header=False)
     table.add_column("")
     table.add_column("", justify="right")
     rows = [
@@ -663,7 +687,7 @@ def _summary(totals: Any, seconds: float, *, title: str) -> None:
     ]
     for name, value in rows:
         table.add_row(name, value)
-    Console(stderr=True, width=100).print(table)
+    _console(stderr=True, width=100).print(table)
 
 
 def _count_lines(path: str) -> int | None:
@@ -714,13 +738,29 @@ def _drive(
     start = time.monotonic()
     interrupted = False
     shown = 0
+
+    def handle(result: Any) -> None:
+        nonlocal shown
+        totals.add(result)
+        if writer is not None:
+            writer.write(result)
+        if not result.ok and shown < failures_shown:
+            shown += 1
+            where = result.conversation_id or (f"line {result.line}" if result.line else "?")
+            _err(f"enrich: failed: {where}: {result.error}")
+        progress.update(totals)
+
     try:
         results = iter(run)
         while True:
+            # A Ctrl-C may land anywhere in this loop, not only while waiting: the first one
+            # stops taking new conversations, and the loop goes on collecting those in flight.
             try:
-                result = next(results)
-            except StopIteration:
-                break
+                try:
+                    result = next(results)
+                except StopIteration:
+                    break
+                handle(result)
             except KeyboardInterrupt:
                 if interrupted:
                     run.cancel()
@@ -731,20 +771,17 @@ def _drive(
                     "enrich: stopping: finishing the conversations in flight "
                     "(Ctrl-C again to abandon them)"
                 )
-                continue
-            totals.add(result)
-            if writer is not None:
-                writer.write(result)
-            if not result.ok and shown < failures_shown:
-                shown += 1
-                where = result.conversation_id or (f"line {result.line}" if result.line else "?")
-                _err(f"enrich: failed: {where}: {result.error}")
-            progress.update(totals)
+            except BrokenPipeError:
+                run.cancel()  # the reader of stdout is gone; what was paid for is in the ledger
+                raise
     finally:
         progress.update(totals, force=True)
         progress.close()
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except BrokenPipeError:
+                pass
     _summary(totals, time.monotonic() - start, title="enrich: batch summary")
     if totals.failed > shown:
         _err(f"enrich: ... and {totals.failed - shown} more failures (see --output)")
@@ -835,6 +872,8 @@ def batch(
         from .batch import read_items
         from .pipeline import Enricher
 
+        if input != "-" and Path(input).is_dir():
+            raise InputError(f"{input}: is a directory, not a JSON Lines file")
         if input != "-" and not Path(input).is_file():
             raise InputError(f"{input}: no such file")
         enricher = Enricher(_config(config, model=model, mode=mode, rpm=rpm, tpm=tpm))
@@ -919,10 +958,12 @@ def _estimate(enricher: Any, items: Any, *, force: bool, output: str | None) -> 
             path.write_text(text, encoding="utf-8")
     good = [r for r in rows if r.ok and r.strategy != "skipped"]
     costs = [r.cost for r in good if r.cost is not None]
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"enrich: cost estimate ({enricher.config.llm.model}, no LLM called)")
+    table = Table(
+        title=f"enrich: cost estimate ({enricher.config.llm.model}, no LLM called)",
+        show_header=False,
+    )
     table.add_column("")
     table.add_column("", justify="right")
     for name, value in (
@@ -934,10 +975,16 @@ def _estimate(enricher: Any, items: Any, *, force: bool, output: str | None) -> 
         ("prompt tokens", f"{sum(r.prompt_tokens for r in good):,}"),
         ("completion tokens (~250 an answer)", f"{sum(r.completion_tokens for r in good):,}"),
         ("cost per conversation (median)", f"${statistics.median(costs):.6f}" if costs else "-"),
-        ("cost in all (USD)", f"${sum(costs):.4f}" if costs else "no price for this model"),
+        (
+            "cost in all (USD)",
+            f"${sum(costs):.4f}"
+            if enricher.config.price(enricher.config.llm.model) is not None
+            else "no price for this model (see pricing in the configuration)",
+        ),
     ):
         table.add_row(name, value)
-    Console(stderr=True, width=100).print(table)
+    # the estimate is this command's output: stdout, unless the rows went there
+    _console(stderr=output == "-", width=100).print(table)
     return EXIT_OK
 
 
@@ -1052,14 +1099,15 @@ def report(
         else:
             ledger = _ledger(_config(config))
             rows, source = rows_from_ledger(ledger), str(ledger.path)
+        if not rows or not any("status" in r and "topic" in r for r in rows):
+            raise InputError(f"{source}: no enrichment results in it (see `enrich batch --output`)")
         rep = summarize(rows, top=top)
         if as_json:
             _out(rep.model_dump_json())
             return
-        from rich.console import Console
         from rich.table import Table
 
-        console = Console(width=110)
+        console = _console(width=110)
         rate = "-" if rep.success_rate is None else f"{rep.success_rate:.1%}"
         console.print(
             f"[bold]{source}[/]: {rep.conversations:,} conversations, {rep.enriched:,} enriched, "
@@ -1077,7 +1125,7 @@ def report(
         for text, n in rep.misunderstood:
             q.add_row(text, f"{n:,}")
         console.print(q)
-        c = Table(title="tokens and cost")
+        c = Table(title="tokens and cost", show_header=False)
         c.add_column("")
         c.add_column("", justify="right")
         c.add_row("LLM requests", f"{rep.requests:,}")

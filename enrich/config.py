@@ -87,6 +87,13 @@ class LLMSettings(_Section):
     def _empty_is_none(cls, v: Any) -> Any:
         return v or None
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
 
 class ChatDashSettings(_Section):
     """Where enrichments are written."""
@@ -355,7 +362,7 @@ def load_config(
         loc = tuple(err["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         origin = _origin(origins, loc) or (str(file_path) if file_path else "configuration")
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (see config.example.yaml for every key)"
         if origin in ENV_VARS:

@@ -13,7 +13,9 @@ Every error is an :class:`EnrichError`; the CLI turns each family into one exit 
     │   ├── LLMRefusalError              the model refused (or a content filter stopped it)
     │   ├── LLMTruncatedError            the answer was cut off (finish_reason "length")
     │   └── LLMValidationError           still invalid after every re-ask
-    └── ChatDashError                exit 4  ChatDash did not take the write (or answer a read)
+    ├── ChatDashError                exit 4  ChatDash did not take the write (or answer a read)
+    │   └── ChatDashLookupError      exit 2  a read refused before anything was paid for:
+    │                                        an unknown id (404), a bad key (401/403)...
 
 An :class:`LLMError` carries ``attempts``, the token ``usage`` spent on every attempt, and the raw
 answers, so a result that was paid for is never lost, even when it is unusable. A
@@ -42,6 +44,7 @@ __all__ = [
     "LLMTruncatedError",
     "LLMValidationError",
     "ChatDashError",
+    "ChatDashLookupError",
     "redact",
 ]
 
@@ -160,3 +163,8 @@ class ChatDashError(EnrichError):
         self.method = method
         self.url = url
         self.status_code = status_code
+
+
+class ChatDashLookupError(ChatDashError, InputError):
+    """ChatDash refused a read (a conversation, its messages, a list) with a 4xx: the input or
+    the configuration is wrong, and nothing was paid for. Exit 2, like other bad input."""

@@ -73,6 +73,13 @@ CREATE TABLE IF NOT EXISTS events (
     detail          TEXT
 );
 CREATE INDEX IF NOT EXISTS events_conversation ON events (conversation_id, agent_id);
+CREATE TABLE IF NOT EXISTS inflight (
+    agent_id        TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    fingerprint     TEXT NOT NULL,
+    until           REAL NOT NULL,
+    PRIMARY KEY (agent_id, conversation_id)
+);
 CREATE TABLE IF NOT EXISTS batch_jobs (
     batch_id   TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
@@ -405,6 +412,34 @@ class Ledger:
                 conversation_id,
                 "write_failed",
                 {"error": error, "state": state.value},
+            )
+
+    # -- enrichments in flight: two processes never pay for the same one at once ---------------
+
+    def begin(self, agent_id: str, conversation_id: str, fingerprint: str, seconds: float) -> bool:
+        """Take the enrichment of a conversation for ``seconds``; False while another process
+        holds it for the same fingerprint (wait for its result instead of paying twice)."""
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT fingerprint, until FROM inflight "
+                "WHERE agent_id = ? AND conversation_id = ?",
+                (agent_id, conversation_id),
+            ).fetchone()
+            if row is not None and row["until"] > now and row["fingerprint"] == fingerprint:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO inflight (agent_id, conversation_id, fingerprint, until) "
+                "VALUES (?, ?, ?, ?)",
+                (agent_id, conversation_id, fingerprint, now + seconds),
+            )
+            return True
+
+    def end(self, agent_id: str, conversation_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM inflight WHERE agent_id = ? AND conversation_id = ?",
+                (agent_id, conversation_id),
             )
 
     # -- Batch API jobs: paid for at OpenAI, collected even after an interruption -----------------

@@ -97,6 +97,9 @@ class ReplayReport(BaseModel):
     written: int = 0
     skipped: int = Field(default=0, description="claimed by another process at the time")
     failed: list[str] = Field(default_factory=list)
+    refused_waiting: int = Field(
+        default=0, description="writes ChatDash refused, left for a replay with include_failed"
+    )
 
 
 def _from_ledger(entry: LedgerEntry, **fields: Any) -> EnrichmentResult:
@@ -151,8 +154,17 @@ class _LoopThread:
         if loop is None:
             cleanup.close()
             return
+
+        async def wind_down() -> None:
+            # cancel what is still running (an abandoned batch), so nothing is destroyed pending
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await cleanup
+
         try:
-            asyncio.run_coroutine_threadsafe(cleanup, loop).result(timeout=10)
+            asyncio.run_coroutine_threadsafe(wind_down(), loop).result(timeout=10)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             if thread is not None:
@@ -209,8 +221,13 @@ class Enricher:
         """The JSON schema the model is asked to follow."""
         return self._schema
 
-    def parse(self, transcript: TranscriptInput, *, format: str | None = None) -> Transcript:
-        return parse_transcript(transcript, format=format, max_bytes=self.config.input.max_bytes)
+    def parse(
+        self, transcript: TranscriptInput, *, format: str | None = None, source: str = "<input>"
+    ) -> Transcript:
+        """Any supported transcript, parsed; ``source`` names it in error messages."""
+        return parse_transcript(
+            transcript, format=format, source=source, max_bytes=self.config.input.max_bytes
+        )
 
     def render(
         self, transcript: TranscriptInput, *, format: str | None = None
@@ -290,15 +307,42 @@ class Enricher:
             "agent_id": agent_id,
             "conversation_id": conversation_id,
         }
-        if ledger is not None and not force:
-            entry = ledger.get(agent_id, conversation_id)  # type: ignore[arg-type]
-            if entry is not None and entry.fingerprint == fingerprint:
-                result = _from_ledger(entry, **base)
-                result.update = self._update(result.enrichment, parsed)  # today's write.fields
-                return result, entry
 
+        def stored() -> tuple[EnrichmentResult, LedgerEntry] | None:
+            entry = ledger.get(agent_id, conversation_id)  # type: ignore[union-attr,arg-type]
+            if entry is None or entry.fingerprint != fingerprint:
+                return None
+            result = _from_ledger(entry, **base)
+            result.update = self._update(result.enrichment, parsed)  # today's write.fields
+            return result, entry
+
+        if ledger is not None and not force and (found := stored()) is not None:
+            return found
+        if ledger is None:
+            return await self._ask_and_finish(parsed, agent_id, conversation_id, state), None
+        # Another process (a webhook retried while the first is still running) may be paying
+        # for this very enrichment: wait for its result rather than pay again.
+        held = digest(fingerprint.model_dump())
+        s = self.config.llm
+        lease = s.timeout * (s.max_retries + 1) * (s.max_reasks + 1) + 60
+        waited = 0.0
+        while not ledger.begin(agent_id, conversation_id, held, lease):  # type: ignore[arg-type]
+            await asyncio.sleep(0.25)
+            waited += 0.25
+            if not force and (found := stored()) is not None:
+                return found
+            if waited > lease:
+                break
+        try:
+            return await self._ask_and_finish(parsed, agent_id, conversation_id, state), None
+        finally:
+            ledger.end(agent_id, conversation_id)  # type: ignore[arg-type]
+
+    async def _ask_and_finish(
+        self, parsed: Transcript, agent_id: str | None, conversation_id: str | None, state: State
+    ) -> EnrichmentResult:
         answer, strategy, parts, tokens = await self._ask(parsed)
-        result = self.finish(
+        return self.finish(
             parsed,
             answer,
             agent_id,
@@ -308,7 +352,6 @@ class Enricher:
             transcript_tokens=tokens,
             state=state,
         )
-        return result, None
 
     def finish(
         self,
@@ -429,21 +472,25 @@ class Enricher:
         *,
         format: str | None = None,
         force: bool = False,
+        skip_written: bool = False,
     ) -> EnrichmentResult:
         """Enrich one conversation and write the result to ChatDash.
 
         Without ``transcript`` the messages are fetched from ChatDash. With a ledger the
         enrichment is stored before the write is tried; an unchanged conversation that was
         already written is not paid for nor written again (``force`` does both).
+        ``skip_written`` (a batch resuming) trusts the ledger without fetching again: a
+        conversation written with today's model, prompts and taxonomy is skipped as it is.
         """
         from .chatdash import conversation_path
 
         conversation_path(agent_id, conversation_id)  # bad ids fail before anything is paid
         self.chatdash.check()  # a write that cannot happen is known before the LLM is paid
         if transcript is None:
-            done = self._already_written(agent_id, conversation_id) if not force else None
-            if done is not None:
-                return done
+            if skip_written and not force:
+                done = self._already_written(agent_id, conversation_id)
+                if done is not None:
+                    return done
             parsed = await self.afetch(agent_id, conversation_id)
         else:
             parsed = self.parse(transcript, format=format)
@@ -479,6 +526,8 @@ class Enricher:
         self.chatdash.check()
         states = [State.PENDING] + ([State.FAILED] if include_failed else [])
         report = ReplayReport()
+        if not include_failed:
+            report.refused_waiting = len(self.ledger.entries(State.FAILED))
         for state in states:
             for entry in self.ledger.entries(state):
                 if not self.ledger.claim(entry.agent_id, entry.conversation_id):

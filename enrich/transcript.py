@@ -249,8 +249,11 @@ def parse_transcript(
                 for fmt in text_formats:
                     if fmt.detect(text):
                         return _run(fmt, text, source)
+                msg = exc.msg
+                if msg.endswith(" at"):  # "Unterminated string starting at": say where
+                    msg = f"{msg} that position (the input ends inside it)"
                 raise TranscriptError(
-                    f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                    f"invalid JSON at line {exc.lineno}, column {exc.colno}: {msg}",
                     source=source,
                 ) from None
         else:

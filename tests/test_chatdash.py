@@ -59,7 +59,6 @@ def test_empty_misunderstood_queries_are_written_as_an_empty_list(fake_llm, fake
     ("agent_id", "conversation_id", "expected"),
     [
         ("a/b", "c?d=1#x", "/v1/public/agents/a%2Fb/conversations/c%3Fd%3D1%23x"),
-        ("..", "conv", "/v1/public/agents/%2E%2E/conversations/conv"),
         ("agent", "../../admin", "/v1/public/agents/agent/conversations/..%2F..%2Fadmin"),
         ("agënt 1", "c 2", "/v1/public/agents/ag%C3%ABnt%201/conversations/c%202"),
     ],
@@ -71,11 +70,11 @@ def test_ids_cannot_change_the_path(fake_llm, fake_chatdash, agent_id, conversat
     assert (agent_id, conversation_id) in fake_chatdash.conversations
 
 
-@pytest.mark.parametrize("ids", [("", "conv"), ("agent", "  ")])
+@pytest.mark.parametrize("ids", [("", "conv"), ("agent", "  "), ("..", "conv"), ("agent", ".")])
 def test_empty_ids_fail_before_the_llm_is_paid(fake_llm, fake_chatdash, ids):
     with (
         Enricher(make_config(fake_llm, fake_chatdash)) as e,
-        pytest.raises(InputError, match="empty"),
+        pytest.raises(InputError, match="is empty|is not an id"),
     ):
         e.enrich_and_write(*ids, TRANSCRIPT)
     assert fake_llm.requests == [] and fake_chatdash.requests == []

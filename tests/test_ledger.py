@@ -70,7 +70,7 @@ def test_platform_id_is_resolved_to_chatdash_id_first(env, fake_llm, fake_chatda
 
 def test_unknown_conversation_fetch_is_a_404_in_words(env, fake_llm, fake_chatdash):
     r = runner.invoke(app, ["run", "-a", "agent-1", "-C", "nope"])
-    assert r.exit_code == 4
+    assert r.exit_code == 2  # bad input: nothing was paid for
     assert "not found in ChatDash (HTTP 404)" in r.stderr and "nope" in r.stderr
     assert fake_llm.requests == []
 
@@ -78,7 +78,7 @@ def test_unknown_conversation_fetch_is_a_404_in_words(env, fake_llm, fake_chatda
 def test_bad_key_on_fetch_names_the_variable(env, fake_llm, fake_chatdash, monkeypatch):
     monkeypatch.setenv("CHATDASH_API_KEY", "CD.wrong0000000000000000000000000000")
     r = runner.invoke(app, ["run", "-a", "agent-1", "-C", "conv-1"])
-    assert r.exit_code == 4 and "check CHATDASH_API_KEY" in r.stderr
+    assert r.exit_code == 2 and "check CHATDASH_API_KEY" in r.stderr
     assert "CD.wrong" not in r.stderr
 
 
