@@ -439,7 +439,7 @@ def test_estimate_calls_no_llm_and_prices_the_job(env, fake_llm, fake_chatdash, 
     r = runner.invoke(app, ["batch", path, "--estimate", "-o", str(out)])
     assert r.exit_code == 0, r.stderr
     assert fake_llm.requests == [] and fake_chatdash.puts == []
-    assert "cost estimate (gpt-4o-mini, no LLM called)" in r.stderr
+    assert "cost estimate (gpt-4o-mini, no LLM called)" in r.stdout  # the command's output
     est = [json.loads(x) for x in out.read_text().splitlines()]
     assert [e["requests"] for e in est] == [1, 1, 1, 1]
     assert all(e["prompt_tokens"] > 500 and e["cost"] > 0 for e in est)
