@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ._perloop import PerLoop
 from .config import ChatDashSettings
 from .errors import ChatDashError, ChatDashLookupError, ConfigError, InputError, redact
 
@@ -78,25 +79,21 @@ class ChatDash:
 
     def __init__(self, settings: ChatDashSettings) -> None:
         self.settings = settings
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+        self._clients: PerLoop[httpx.AsyncClient] = PerLoop()
 
     def __repr__(self) -> str:
         return f"ChatDash(base_url={self.settings.base_url!r})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"settings": self.settings, "_clients": {}}
 
     def check(self) -> None:
         if self.settings.api_key is None:
             raise ConfigError("CHATDASH_API_KEY is not set: ChatDash needs the agency key")
 
     def _client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        cached = self._clients.get(id(loop))
-        if cached is not None and cached[0] is loop:
-            return cached[1]
+        return self._clients.get(self._new_client)
+
+    def _new_client(self) -> httpx.AsyncClient:
         self.check()
-        client = httpx.AsyncClient(
+        return httpx.AsyncClient(
             base_url=self.settings.base_url,
             timeout=self.settings.timeout,
             headers={
@@ -111,15 +108,11 @@ class ChatDash:
                 max_keepalive_connections=self.settings.max_connections,
             ),
         )
-        self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
-        self._clients[id(loop)] = (loop, client)
-        return client
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        cached = self._clients.pop(id(loop), None)
-        if cached is not None:
-            await cached[1].aclose()
+        client = self._clients.pop()
+        if client is not None:
+            await client.aclose()
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         s = self.settings

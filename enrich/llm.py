@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from ._perloop import PerLoop
 from .config import LLMSettings
 from .errors import (
     ConfigError,
@@ -123,13 +124,18 @@ class StructuredLLM:
         self.settings = settings
         self.limiter = limiter
         self.stats = LLMStats()
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, AsyncOpenAI]] = {}
+        self._clients: PerLoop[AsyncOpenAI] = PerLoop()
 
     def __repr__(self) -> str:
         return f"StructuredLLM(model={self.settings.model!r}, mode={self.settings.mode!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"settings": self.settings, "limiter": None, "stats": LLMStats(), "_clients": {}}
+        return {
+            "settings": self.settings,
+            "limiter": None,
+            "stats": LLMStats(),
+            "_clients": PerLoop(),
+        }
 
     @property
     def base_url(self) -> str:
@@ -144,29 +150,24 @@ class StructuredLLM:
             )
 
     def _client(self) -> AsyncOpenAI:
-        loop = asyncio.get_running_loop()
-        cached = self._clients.get(id(loop))
-        if cached is not None and cached[0] is loop:
-            return cached[1]
+        return self._clients.get(self._new_client)
+
+    def _new_client(self) -> AsyncOpenAI:
         self.check()
         from openai import AsyncOpenAI
 
         key = self.settings.api_key.get_secret_value() if self.settings.api_key else "unused"
-        client = AsyncOpenAI(
+        return AsyncOpenAI(
             api_key=key,
             base_url=self.base_url,
             timeout=self.settings.timeout,
             max_retries=0,  # enrich retries, through the rate limiter (see _send)
         )
-        self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
-        self._clients[id(loop)] = (loop, client)
-        return client
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        cached = self._clients.pop(id(loop), None)
-        if cached is not None:
-            await cached[1].close()
+        client = self._clients.pop()
+        if client is not None:
+            await client.close()
 
     # ------------------------------------------------------------------------------------------
 
