@@ -18,8 +18,8 @@ from _common import dialogues  # noqa: E402
 
 from enrich import Enricher  # noqa: E402
 from enrich.config import load_config  # noqa: E402
+from enrich.llm.tokens import get_counter  # noqa: E402
 from enrich.testing import FakeLLM  # noqa: E402
-from enrich.tokens import get_counter  # noqa: E402
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from enrich import Enricher
 from enrich.config import load_config
+from enrich.llm.tokens import get_counter
 from enrich.testing import FakeLLM
-from enrich.tokens import get_counter
 
 DATASETS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "datasets"
 FALLBACK = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"

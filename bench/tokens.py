@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import dialogues  # noqa: E402
 
-from enrich.tokens import get_counter  # noqa: E402
+from enrich.llm.tokens import get_counter  # noqa: E402
 
 
 def main() -> None:

@@ -5,14 +5,15 @@
 >>> transcript = open("call.txt").read()                                   # doctest: +SKIP
 >>> result = enricher.enrich_and_write("agent-1", "conv-1", transcript)     # doctest: +SKIP
 
-The modules, in the order data flows through them: ``transcript`` (any format into turns),
-``prompts`` (render), ``llm`` (structured output), ``schema`` (validated enrichment, then the
-PUT body), ``chatdash`` (write); ``pipeline`` composes them, ``cli`` is a thin shell over it,
-``config`` and ``errors`` are shared.
+The package is layered; each layer imports only those below it (README, "Architecture"):
+``errors``; ``models`` (pure data: transcript, analysis spec, enrichment, results); ``config``;
+the adapters ``formats``, ``prompts``, ``llm``, ``chatdash``, ``ledger``, ``resultfiles``; the
+``engine`` that composes them; the applications (``report``); and the ``cli``.
 """
 
 from ._version import __version__
 from .config import Config, load_config
+from .engine import BatchRun, Enricher
 from .errors import (
     ChatDashError,
     ChatDashLookupError,
@@ -27,17 +28,37 @@ from .errors import (
     TemplateError,
     TranscriptError,
 )
-from .pipeline import Enricher, EnrichmentResult
-from .schema import ConversationUpdate, Enrichment, Evaluation, MisunderstoodQuery
-from .transcript import CallMetadata, Role, Transcript, Turn, parse_transcript, read_transcript
-from .usage import Usage
+from .formats import parse_transcript, read_transcript
+from .models import (
+    AnalysisSpec,
+    BatchItem,
+    BatchResult,
+    CallMetadata,
+    ConversationUpdate,
+    CostEstimate,
+    Enrichment,
+    EnrichmentResult,
+    Evaluation,
+    MisunderstoodQuery,
+    ReplayReport,
+    Role,
+    Transcript,
+    Turn,
+    Usage,
+)
 
 __all__ = [
     "__version__",
     "Enricher",
     "EnrichmentResult",
+    "BatchItem",
+    "BatchResult",
+    "BatchRun",
+    "CostEstimate",
+    "ReplayReport",
     "Config",
     "load_config",
+    "AnalysisSpec",
     "Enrichment",
     "Evaluation",
     "MisunderstoodQuery",

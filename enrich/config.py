@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
+from .models.spec import WRITABLE_FIELDS, AnalysisSpec, Subtopic, Topic
 
 __all__ = [
     "Config",
@@ -49,9 +50,6 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "ENRICH_PROMPTS_DIR": ("analysis", "prompts_dir"),
     "ENRICH_LEDGER": ("ledger", "path"),
 }
-
-#: The enriched fields a run can write, by their ChatDash (wire) names.
-WRITABLE_FIELDS = ("summary", "topic", "subtopic", "evaluation", "mistunderstoodQueries")
 
 LLMMode = Literal["json_schema", "json_object", "tools"]
 
@@ -117,26 +115,6 @@ class ChatDashSettings(_Section):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
-
-
-class Subtopic(_Section):
-    name: str = Field(min_length=1)
-    description: str = ""
-
-
-class Topic(_Section):
-    """A topic of the taxonomy and the subtopics it admits (none listed: free text)."""
-
-    name: str = Field(min_length=1)
-    description: str = ""
-    subtopics: list[Subtopic] = Field(default_factory=list)
-
-    @field_validator("subtopics", mode="before")
-    @classmethod
-    def _strings_are_names(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [{"name": s} if isinstance(s, str) else s for s in v]
-        return v
 
 
 class AnalysisSettings(_Section):
@@ -254,6 +232,14 @@ class Config(_Section):
         if price is None:
             return None
         return price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+
+    def spec(self) -> AnalysisSpec:
+        """The analysis this configuration asks for and writes (see :mod:`enrich.models.spec`)."""
+        return AnalysisSpec(
+            taxonomy=tuple(self.analysis.taxonomy),
+            success_criteria=tuple(self.analysis.success_criteria),
+            write_fields=tuple(self.write.fields),
+        )
 
     def secrets(self) -> list[SecretStr]:
         return [s for s in (self.llm.api_key, self.chatdash.api_key) if s is not None]

@@ -1,7 +1,7 @@
 """The exceptions enrich raises.
 
-Every error is an :class:`EnrichError`; the CLI turns each family into one exit code, in one place
-(``enrich.cli``)::
+Every error is an :class:`EnrichError`. :func:`error_class` names the family of any exception, in
+one place; the CLI's exit codes and a batch result's ``stage`` are tables over it::
 
     EnrichError                      exit 1 when nothing more specific applies
     ├── InputError                   exit 2  the input cannot be enriched (no LLM call, no write)
@@ -27,10 +27,15 @@ Messages never contain secrets: anything built from a server's answer is passed 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .usage import Usage
+    from .models.usage import Usage
+
+#: The families of errors: ``input`` (bad input, nothing paid), ``config`` (a setting or a
+#: template), ``llm``, ``chatdash`` (a write or a read that is not the input's fault), ``enrich``
+#: (any other :class:`EnrichError`) and ``internal`` (not an :class:`EnrichError`: a bug).
+ErrorClass = Literal["input", "config", "llm", "chatdash", "enrich", "internal"]
 
 __all__ = [
     "EnrichError",
@@ -46,6 +51,9 @@ __all__ = [
     "ChatDashError",
     "ChatDashLookupError",
     "redact",
+    "error_class",
+    "ErrorClass",
+    "validation_errors",
 ]
 
 
@@ -168,3 +176,31 @@ class ChatDashError(EnrichError):
 class ChatDashLookupError(ChatDashError, InputError):
     """ChatDash refused a read (a conversation, its messages, a list) with a 4xx: the input or
     the configuration is wrong, and nothing was paid for. Exit 2, like other bad input."""
+
+
+def error_class(exc: BaseException) -> ErrorClass:
+    """The family of ``exc``: the one classification the CLI's exit codes, batch results'
+    stages and the server's statuses are tables over. A :class:`ChatDashLookupError` is
+    ``input``: a read refused before anything was paid for."""
+    if isinstance(exc, InputError):
+        return "input"
+    if isinstance(exc, (ConfigError, TemplateError)):
+        return "config"
+    if isinstance(exc, LLMError):
+        return "llm"
+    if isinstance(exc, ChatDashError):
+        return "chatdash"
+    if isinstance(exc, EnrichError):
+        return "enrich"
+    return "internal"
+
+
+def validation_errors(exc: Any) -> list[str]:
+    """A pydantic ``ValidationError`` as one line per problem: ``evaluation.is_success: Field
+    required``, the form used in re-asks, configuration errors and batch results."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return lines

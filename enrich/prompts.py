@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import AnalysisSettings
 from .errors import TemplateError
-from .transcript import ROLE_LABELS, CallMetadata, Role, Transcript, Turn
+from .models.transcript import ROLE_LABELS, CallMetadata, Role, Transcript, Turn
 
 __all__ = ["Prompts", "TEMPLATE_NAMES", "packaged_prompts_dir"]
 

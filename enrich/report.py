@@ -1,6 +1,6 @@
 """Analytics over many enrichments: topics, success rate, misunderstood queries, tokens, cost.
 
-:func:`summarize` takes flat rows (from a results file, :func:`enrich.output.read_results`, or
+:func:`summarize` takes flat rows (from a results file, :func:`enrich.resultfiles.read_results`, or
 from the ledger, :func:`rows_from_ledger`) and returns a :class:`Report`.
 """
 
@@ -11,6 +11,8 @@ from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel
+
+from .models.spec import AnalysisSpec
 
 __all__ = ["Report", "summarize", "rows_from_ledger"]
 
@@ -72,26 +74,18 @@ def summarize(rows: list[dict[str, Any]], *, top: int = 10) -> Report:
     )
 
 
-def rows_from_ledger(ledger: Any) -> list[dict[str, Any]]:
-    """Flat rows (the columns of :data:`enrich.output.COLUMNS`) for every ledger entry."""
+def rows_from_ledger(ledger: Any, spec: AnalysisSpec | None = None) -> list[dict[str, Any]]:
+    """Flat rows (the columns of :func:`enrich.resultfiles.columns`) for every ledger entry."""
+    spec = spec or AnalysisSpec()
     rows = []
     for entry in ledger.entries():
-        e = entry.enrichment.get("enrichment", {})
-        evaluation = e.get("evaluation") or {}
         rows.append(
             {
                 "agent_id": entry.agent_id,
                 "conversation_id": entry.conversation_id,
                 "status": entry.state.value,
                 "error": entry.last_error,
-                "topic": e.get("topic"),
-                "subtopic": e.get("subtopic"),
-                "is_success": evaluation.get("is_success"),
-                "reason": evaluation.get("reason"),
-                "summary": e.get("summary"),
-                "misunderstood_queries": " | ".join(
-                    q["question"] for q in e.get("misunderstood_queries") or []
-                ),
+                **spec.flat(entry.enrichment.get("enrichment") or None),
                 "model": entry.model,
                 "prompt_tokens": entry.usage.prompt_tokens,
                 "completion_tokens": entry.usage.completion_tokens,

@@ -17,10 +17,10 @@ from conftest import CHATDASH_KEY, OPENAI_KEY, TRANSCRIPT, make_config, put_sche
 from typer.testing import CliRunner
 
 from enrich import Enricher
-from enrich.batch import BatchItem
 from enrich.cli import app
 from enrich.ledger import Ledger, State
-from enrich.ratelimit import RateLimiter
+from enrich.llm.ratelimit import RateLimiter
+from enrich.models.results import BatchItem
 from enrich.testing import FakeChatDash, FakeLLM, Fault, Reply
 
 runner = CliRunner()
@@ -151,7 +151,7 @@ def test_limiter_spaces_requests_evenly_under_the_rpm(monkeypatch):
     async def fake_sleep(seconds):
         clock.now += seconds
 
-    monkeypatch.setattr("enrich.ratelimit.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("enrich.llm.ratelimit.asyncio.sleep", fake_sleep)
     limiter = RateLimiter(rpm=600, target=1.0, burst_seconds=0, clock=clock)
 
     async def go():
@@ -172,7 +172,7 @@ def test_limiter_paces_tokens_and_settles_to_real_usage(monkeypatch):
     async def fake_sleep(seconds):
         clock.now += seconds
 
-    monkeypatch.setattr("enrich.ratelimit.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("enrich.llm.ratelimit.asyncio.sleep", fake_sleep)
     limiter = RateLimiter(tpm=60_000, target=1.0, burst_seconds=0, clock=clock)  # 1,000/s
 
     async def go():
@@ -190,7 +190,7 @@ def test_429_pauses_everyone_and_slows_down(monkeypatch):
     async def fake_sleep(seconds):
         clock.now += seconds
 
-    monkeypatch.setattr("enrich.ratelimit.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("enrich.llm.ratelimit.asyncio.sleep", fake_sleep)
     limiter = RateLimiter(rpm=600, target=1.0, burst_seconds=0, clock=clock)
     assert limiter.penalize(2.0) == 2.0
     asyncio.run(limiter.acquire())

@@ -319,12 +319,12 @@ def test_write_failure_with_json_carries_the_result(env, fake_llm, fake_chatdash
 
 
 def test_unexpected_exception_exits_1_and_says_it_is_a_bug(env, fake_llm, monkeypatch):
-    import enrich.pipeline
+    import enrich.engine.core
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(enrich.pipeline.Enricher, "enrich", broken)  # inject a failure
+    monkeypatch.setattr(enrich.engine.core.EnricherCore, "enrich", broken)  # inject a failure
     r = run("run", "-t", str(env["transcript"]), "--dry-run")
     assert r.exit_code == 1
     assert "internal error: RuntimeError: boom (this is a bug" in r.stderr

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from enrich.errors import TranscriptError
-from enrich.transcript import Role, Transcript, _has_words, parse_transcript
+from enrich.formats import parse_transcript
+from enrich.models.transcript import Role, Transcript
+from enrich.models.transcript import has_words as _has_words
 
 DATASETS = Path(__file__).parent / "fixtures" / "datasets"
 DATASET_NAMES = ["star", "uss_multiwoz", "tweetsumm"]

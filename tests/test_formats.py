@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from enrich.errors import TranscriptError
-from enrich.transcript import Role, Transcript, formats, parse_transcript
+from enrich.formats import formats, parse_transcript
+from enrich.models.transcript import Role, Transcript
 
 FORMATS_DIR = Path(__file__).parent / "fixtures" / "formats"
 

@@ -22,8 +22,8 @@ from enrich import Enricher
 from enrich.cli import app
 from enrich.errors import ChatDashError
 from enrich.ledger import Fingerprint, Ledger, State
+from enrich.models.usage import Usage
 from enrich.testing import FakeChatDash, FakeLLM, Fault
-from enrich.usage import Usage
 
 runner = CliRunner()
 
@@ -95,7 +95,7 @@ def test_reads_are_retried_too(fake_llm, fake_chatdash, tmp_path, fault):
 def test_list_conversations_sends_the_range(fake_llm, fake_chatdash):
     seed(fake_chatdash, "agent-1", "c1")
     with Enricher(make_config(fake_llm, fake_chatdash)) as e:
-        items = e._sync.run(
+        items = e.sync.run(
             e.chatdash.list_conversations(
                 "agent-1", start="2026-11-01T00:00:00Z", end="2026-11-02T00:00:00Z"
             )
@@ -289,7 +289,7 @@ def test_200_conversations_with_30_percent_failing_puts_lose_nothing(fake_llm, t
             return ok, failed
 
         with Enricher(config) as e:
-            ok, failed = e._sync.run(batch(e))
+            ok, failed = e.sync.run(batch(e))
         ledger = Ledger(config.ledger.path)
         states = defaultdict(int)
         for entry in ledger.entries():

@@ -33,11 +33,11 @@ gguf = pytest.importorskip(
 )
 
 from conftest import CHATDASH_KEY, TRANSCRIPT, put_schema  # noqa: E402
+from enrich.pipeline import Enricher  # noqa: E402
 
 from enrich.config import LLMSettings, load_config  # noqa: E402
 from enrich.errors import LLMError, LLMValidationError  # noqa: E402
 from enrich.llm import StructuredLLM  # noqa: E402
-from enrich.pipeline import Enricher  # noqa: E402
 from enrich.testing import FakeChatDash  # noqa: E402
 
 # Model start plus up to three slow completions of a ~1,500-token prompt on two cores.

@@ -10,8 +10,8 @@ from conftest import make_config
 
 from enrich import Enricher
 from enrich.errors import ConfigError, LLMRefusalError
+from enrich.llm.tokens import EstimateCounter, get_counter
 from enrich.testing import Reply, valid_answer
-from enrich.tokens import EstimateCounter, get_counter
 
 
 def long_call(turns: int, words_per_turn: int = 40) -> str:

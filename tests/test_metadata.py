@@ -5,7 +5,8 @@ from __future__ import annotations
 from conftest import answer, make_config, put_schema
 
 from enrich import CallMetadata, Enricher, Transcript, Turn
-from enrich.schema import Enrichment, build_update
+from enrich.models.enrichment import Enrichment
+from enrich.models.spec import build_update
 from enrich.testing import Reply, validate_openapi
 
 META = CallMetadata(

@@ -25,7 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enrich.errors import TranscriptError
-from enrich.transcript import Role, Transcript, _has_words, formats, parse_transcript
+from enrich.formats import formats, parse_transcript
+from enrich.models.transcript import Role, Transcript
+from enrich.models.transcript import has_words as _has_words
 
 FORMATS_DIR = Path(__file__).parent / "fixtures" / "formats"
 

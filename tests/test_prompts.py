@@ -9,9 +9,10 @@ from conftest import TRANSCRIPT
 
 from enrich.config import AnalysisSettings
 from enrich.errors import TemplateError
+from enrich.formats import parse_transcript
+from enrich.models.spec import AnalysisSpec
+from enrich.models.transcript import Role, Transcript, Turn
 from enrich.prompts import TEMPLATE_NAMES, Prompts, packaged_prompts_dir
-from enrich.schema import output_schema
-from enrich.transcript import Role, Transcript, Turn, parse_transcript
 
 ANALYSIS = AnalysisSettings(
     language="Brazilian Portuguese",
@@ -30,7 +31,7 @@ ANALYSIS = AnalysisSettings(
 
 def _messages(mode: str = "json_schema", transcript: Transcript | None = None, prompts=None):
     prompts = prompts or Prompts()
-    schema = output_schema(ANALYSIS.taxonomy)
+    schema = AnalysisSpec(taxonomy=tuple(ANALYSIS.taxonomy)).json_schema()
     return prompts.messages(
         transcript or parse_transcript(TRANSCRIPT), ANALYSIS, schema=schema, mode=mode
     ), schema

@@ -9,15 +9,16 @@ from conftest import answer, put_schema
 from pydantic import ValidationError
 
 from enrich.config import Topic
-from enrich.schema import (
-    ConversationUpdate,
-    Enrichment,
-    MisunderstoodQuery,
-    build_update,
-    ground_queries,
-    output_schema,
-)
+from enrich.models.enrichment import Enrichment, MisunderstoodQuery, ground_queries
+from enrich.models.spec import AnalysisSpec, build_update
+from enrich.models.update import ConversationUpdate
 from enrich.testing import validate_openapi
+
+
+def output_schema(taxonomy=()):
+    """The JSON schema the model is asked to follow, for a spec with ``taxonomy``."""
+    return AnalysisSpec(taxonomy=tuple(taxonomy)).json_schema()
+
 
 TAXONOMY = [
     Topic(name="Billing", subtopics=["Refund", "Invoice"]),

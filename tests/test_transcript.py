@@ -9,18 +9,16 @@ import sys
 import pytest
 from conftest import TRANSCRIPT
 
-from enrich import transcript as transcript_module
 from enrich.errors import InputError, TranscriptError
-from enrich.transcript import (
-    Role,
-    Transcript,
+from enrich.formats import (
     TranscriptFormat,
-    Turn,
     formats,
     parse_transcript,
     read_transcript,
     register_format,
 )
+from enrich.formats import _registry as transcript_module
+from enrich.models.transcript import Role, Transcript, Turn
 
 #: every registered format, in detection order: the two built in here, then the platforms'
 BUILT_IN = ["text", "chat", "chatdash", "elevenlabs", "retell", "vapi"]

@@ -1,15 +1,33 @@
-"""The platforms' transcript formats: each module registers its format with
-:func:`enrich.transcript.register_format` when imported.
+"""Transcript formats: any supported payload in, one ordered list of turns out.
 
-``enrich.transcript`` imports this package at its end, so the registry is complete whenever
-transcripts are parsed. Detection tries the formats in registration order: ``text`` and ``chat``
-(from ``enrich.transcript``), then ``chatdash``, ``elevenlabs``, ``retell``, ``vapi``. Each
-recognises its own shape only (ChatDash: a list of messages with ``sender``; Retell: ``call_id``,
-``chat_id`` or an ``event`` + ``call`` envelope; Vapi: the ``end-of-call-report`` message;
-ElevenLabs: ``conversation_id`` or a ``post_call_*`` webhook), so the order does not decide
-between them.
+:func:`parse_transcript` (and :func:`read_transcript` for a file or standard input) decodes the
+input once and asks the registered formats in turn, or only the one named. Each module here
+registers its format when imported; this package imports them all, so the registry is complete
+whenever a transcript is parsed. Detection tries them in this order: ``text`` and ``chat``, then
+``chatdash``, ``elevenlabs``, ``retell``, ``vapi``. Each recognises its own shape only (ChatDash: a
+list of messages with ``sender``; Retell: ``call_id``, ``chat_id`` or an ``event`` + ``call``
+envelope; Vapi: the ``end-of-call-report`` message; ElevenLabs: ``conversation_id`` or a
+``post_call_*`` webhook), so the order does not decide between them.
+
+A new format is one module here that calls :func:`register_format`, imported below.
 """
 
-from . import chatdash, elevenlabs, retell, vapi  # noqa: F401  (import order = detection order)
+# import order = detection order
+from . import chat, chatdash, elevenlabs, retell, text, vapi  # noqa: E402,F401,I001
+from ._registry import (
+    DEFAULT_MAX_BYTES,
+    TranscriptFormat,
+    formats,
+    parse_transcript,
+    read_transcript,
+    register_format,
+)
 
-__all__ = ["chatdash", "elevenlabs", "retell", "vapi"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "TranscriptFormat",
+    "formats",
+    "parse_transcript",
+    "read_transcript",
+    "register_format",
+]

@@ -16,7 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import TranscriptError
-from ..transcript import Role, Transcript, Turn, _has_words, _parse_text
+from ..models.transcript import Role, Transcript, Turn, has_words
+from .text import parse_text
 
 logger = logging.getLogger("enrich.transcript")
 
@@ -178,7 +179,7 @@ def present(**values: Any) -> dict[str, Any]:
 
 def add_turn(turns: list[Turn], role: Role, text: str | None, start: float | None) -> None:
     """Append a turn, unless its text has no words (``...``, empty, null)."""
-    if _has_words(text):
+    if has_words(text):
         turns.append(Turn(role=role, text=text.strip(), start=start))  # type: ignore[union-attr]
 
 
@@ -186,7 +187,7 @@ def add_tool_turn(
     turns: list[Turn], name: str | None, result: str | None, start: float | None
 ) -> None:
     """A tool's result as a TOOL turn (context for the model, never dialogue): ``name: result``."""
-    if _has_words(result):
+    if has_words(result):
         text = result.strip()  # type: ignore[union-attr]
         turns.append(Turn(role=Role.TOOL, text=f"{name}: {text}" if name else text, start=start))
 
@@ -195,7 +196,7 @@ def text_turns(text: str, path: str) -> list[Turn]:
     """A platform's plain-text transcript ("Agent: ...\\nUser: ..." lines), by the text format's
     rules."""
     try:
-        return _parse_text(text).turns
+        return parse_text(text).turns
     except TranscriptError as exc:
         raise TranscriptError(f"{path}: {exc.reason}") from None
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import TranscriptError
-from ..transcript import Role, Transcript, TranscriptFormat, Turn, register_format
+from ..models.transcript import Role, Transcript, Turn
 from ._common import (
     add_turn,
     expect_object,
@@ -25,6 +25,7 @@ from ._common import (
     skip_unknown_role,
     transcript,
 )
+from ._registry import TranscriptFormat, register_format
 
 NAME = "chatdash"
 

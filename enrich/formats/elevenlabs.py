@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import TranscriptError
-from ..transcript import Role, Transcript, TranscriptFormat, Turn, register_format
+from ..models.transcript import Role, Transcript, Turn
 from ._common import (
     add_tool_turn,
     add_turn,
@@ -37,6 +37,7 @@ from ._common import (
     text_of,
     transcript,
 )
+from ._registry import TranscriptFormat, register_format
 
 NAME = "elevenlabs"
 TRANSCRIPTION = "post_call_transcription"

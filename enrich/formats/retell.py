@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import TranscriptError
-from ..transcript import Role, Transcript, TranscriptFormat, Turn, register_format
+from ..models.transcript import Role, Transcript, Turn
 from ._common import (
     add_tool_turn,
     add_turn,
@@ -43,6 +43,7 @@ from ._common import (
     text_turns,
     transcript,
 )
+from ._registry import TranscriptFormat, register_format
 
 NAME = "retell"
 

@@ -1,105 +1,45 @@
-"""The pipeline: transcript → prompts → LLM → validated enrichment → PUT body → ChatDash.
+"""The engine's core: one conversation through transcript → prompts → LLM → validated enrichment
+→ ledger → ChatDash PUT.
 
-:class:`Enricher` composes the modules; it holds no global state. Build it from a
-:class:`~enrich.config.Config` (or with :meth:`Enricher.from_env`), then call
-:meth:`~Enricher.enrich` (no write) or :meth:`~Enricher.enrich_and_write`, or their async twins
-:meth:`~Enricher.aenrich` and :meth:`~Enricher.aenrich_and_write`.
+:class:`EnricherCore` composes the adapters; it holds no global state. It is the part of
+:class:`~enrich.Enricher` that deals with one conversation at a time: :meth:`~EnricherCore.enrich`
+(no write) or :meth:`~EnricherCore.enrich_and_write`, their async twins, fetch, resolve, replay
+and estimate. Many conversations at once are :mod:`enrich.engine.batch`'s, on top of it.
 
-The synchronous methods run on a private event loop in a background thread, so they work from a
-plain script and from a notebook whose loop is already running.
+The synchronous methods run on a private event loop in a background thread
+(:class:`~enrich.engine.sync.LoopThread`), so they work from a plain script and from a notebook
+whose loop is already running.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
-import threading
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field
+from ..chatdash import ChatDash, conversation_path
+from ..config import Config, load_config
+from ..errors import ChatDashError, ConfigError
+from ..formats import parse_transcript
+from ..ledger import Ledger, LedgerEntry, State, default_ledger_path
+from ..llm import LLMResult, RateLimiter, StructuredLLM, get_counter
+from ..models.enrichment import Enrichment, ground_queries
+from ..models.fingerprint import Fingerprint
+from ..models.results import CostEstimate, EnrichmentResult, ReplayReport
+from ..models.transcript import Transcript
+from ..models.usage import Usage
+from .longcall import PART_SCHEMA, map_reduce, plan
+from .profile import Profile
+from .sync import LoopThread
 
-from .config import Config, load_config
-from .errors import ChatDashError, ConfigError
-from .ledger import Fingerprint, Ledger, LedgerEntry, State, default_ledger_path, digest
-from .ratelimit import RateLimiter
-from .schema import Enrichment, build_update, ground_queries, output_schema
-from .transcript import CallMetadata, Transcript, parse_transcript
-from .usage import Usage
+__all__ = ["EnricherCore", "TranscriptInput", "count_tokens"]
 
-__all__ = ["Enricher", "EnrichmentResult", "CostEstimate", "ReplayReport", "TranscriptInput"]
-
-if TYPE_CHECKING:
-    from .batch import BatchResult, BatchRun
-
-T = TypeVar("T")
-
-#: Anything :func:`~enrich.transcript.parse_transcript` reads.
+#: Anything :func:`~enrich.formats.parse_transcript` reads.
 TranscriptInput = Transcript | str | bytes | list[Any] | dict[str, Any]
 
 
-class EnrichmentResult(BaseModel):
-    """What one conversation gave: the enrichment, its cost, and what was (or would be) written."""
-
-    enrichment: Enrichment
-    update: dict[str, Any] = Field(description="the PUT body, wire names, only the fields sent")
-    usage: Usage
-    attempts: int = Field(description="LLM requests made, re-asks and parts included")
-    model: str
-    dropped_queries: list[str] = Field(
-        default_factory=list,
-        description="misunderstood queries the model invented (not said by the user): not written",
-    )
-    transcript_format: str
-    turns: int
-    strategy: Literal["single", "map_reduce"] = Field(
-        default="single",
-        description="single: one request; map_reduce: the call was over the context budget, "
-        "so notes were taken on its parts and combined",
-    )
-    parts: int = Field(default=1, description="parts the transcript was cut into")
-    transcript_tokens: int = Field(default=0, description="the transcript's tokens, as estimated")
-    metadata: CallMetadata = Field(default_factory=CallMetadata)
-    cost: float | None = Field(
-        default=None, description="USD, from the price table; None: no price"
-    )
-    reused: bool = Field(
-        default=False, description="the enrichment came from the ledger: no LLM call, no cost"
-    )
-    already_written: bool = Field(
-        default=False, description="the same body was written before: nothing was sent"
-    )
-    agent_id: str | None = None
-    conversation_id: str | None = None
-    written: bool = False
-
-
-class CostEstimate(BaseModel):
-    """What a conversation should cost, before any LLM call (see :meth:`Enricher.estimate`)."""
-
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float | None = Field(description="USD at list price; None: the model has no price")
-    strategy: Literal["single", "map_reduce"]
-
-
 def count_tokens(text: str, config: Config) -> int:
-    from .tokens import get_counter
-
     return get_counter(config.llm.tokenizer).count(text)
-
-
-class ReplayReport(BaseModel):
-    """What ``replay`` did."""
-
-    written: int = 0
-    skipped: int = Field(default=0, description="claimed by another process at the time")
-    failed: list[str] = Field(default_factory=list)
-    refused_waiting: int = Field(
-        default=0, description="writes ChatDash refused, left for a replay with include_failed"
-    )
 
 
 def _from_ledger(entry: LedgerEntry, **fields: Any) -> EnrichmentResult:
@@ -122,91 +62,35 @@ def _from_ledger(entry: LedgerEntry, **fields: Any) -> EnrichmentResult:
     return EnrichmentResult(**{**values, **fields})
 
 
-class _LoopThread:
-    """A private event loop in a daemon thread, for the synchronous API."""
+class EnricherCore:
+    """Enrich conversations with one configuration, one conversation at a time.
 
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=self._loop.run_forever, name="enrich-loop", daemon=True
-                )
-                self._thread.start()
-            return self._loop
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.submit(coro).result()
-
-    def close(self, cleanup: Coroutine[Any, Any, Any]) -> None:
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None:
-            cleanup.close()
-            return
-
-        async def wind_down() -> None:
-            # cancel what is still running (an abandoned batch), so nothing is destroyed pending
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await cleanup
-
-        try:
-            asyncio.run_coroutine_threadsafe(wind_down(), loop).result(timeout=10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            if thread is not None:
-                thread.join(timeout=10)
-            loop.close()
-
-
-class Enricher:
-    """Enrich conversations with one configuration.
-
-    >>> enricher = Enricher.from_env()                      # doctest: +SKIP
-    >>> result = enricher.enrich("Agent: Hi!\\nUser: I need a refund.")   # doctest: +SKIP
-    >>> result.enrichment.topic                             # doctest: +SKIP
+    :class:`~enrich.Enricher` is this plus many conversations at once.
     """
 
     def __init__(self, config: Config | None = None) -> None:
-        from .chatdash import ChatDash
-        from .llm import StructuredLLM
-        from .prompts import Prompts
-
         self.config = config or Config()
-        self.prompts = Prompts(self.config.analysis.prompts_dir)
         limiter = None
         if self.config.llm.rpm or self.config.llm.tpm:
             limiter = RateLimiter(self.config.llm.rpm, self.config.llm.tpm)
         self.llm = StructuredLLM(self.config.llm, limiter)
         self.chatdash = ChatDash(self.config.chatdash)
-        self._schema = output_schema(self.config.analysis.taxonomy)
-        self._sync = _LoopThread()
-        self._static: tuple[str, str, str] | None = None
+        self._default = Profile(self.config)
+        #: The synchronous face: a private event loop in a daemon thread.
+        self.sync = LoopThread()
         ledger = self.config.ledger
         self.ledger: Ledger | None = (
             Ledger(ledger.path or default_ledger_path()) if ledger.enabled else None
         )
 
     @classmethod
-    def from_env(cls, config_path: str | None = None, **overrides: Any) -> Enricher:
+    def from_env(cls, config_path: str | None = None, **overrides: Any) -> Self:
         """Resolve the configuration (overrides, environment, YAML file, defaults) and build."""
         return cls(load_config(config_path, overrides or None))
 
     def __repr__(self) -> str:
-        return f"Enricher(model={self.config.llm.model!r}, mode={self.config.llm.mode!r})"
+        name = type(self).__name__
+        return f"{name}(model={self.config.llm.model!r}, mode={self.config.llm.mode!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config}
@@ -214,12 +98,23 @@ class Enricher:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["config"])  # type: ignore[misc]
 
-    # -- steps ----------------------------------------------------------------------------------
+    # -- profiles -------------------------------------------------------------------------------
+
+    def profile(self, agent_id: str | None = None) -> Profile:
+        """The analysis set-up for the conversations of ``agent_id`` (today, one for all)."""
+        return self._default
+
+    @property
+    def prompts(self) -> Any:
+        """The default profile's prompt templates."""
+        return self._default.prompts
 
     @property
     def schema(self) -> dict[str, Any]:
-        """The JSON schema the model is asked to follow."""
-        return self._schema
+        """The JSON schema the model is asked to follow (the default profile's)."""
+        return self._default.schema
+
+    # -- steps ----------------------------------------------------------------------------------
 
     def parse(
         self, transcript: TranscriptInput, *, format: str | None = None, source: str = "<input>"
@@ -230,63 +125,40 @@ class Enricher:
         )
 
     def render(
-        self, transcript: TranscriptInput, *, format: str | None = None
+        self,
+        transcript: TranscriptInput,
+        *,
+        format: str | None = None,
+        agent_id: str | None = None,
     ) -> list[dict[str, str]]:
         """The exact messages that would go to the LLM for this transcript."""
-        return self.prompts.messages(
-            self.parse(transcript, format=format),
-            self.config.analysis,
-            schema=self._schema,
-            mode=self.config.llm.mode,
-        )
+        return self.profile(agent_id).messages(self.parse(transcript, format=format))
 
-    def fingerprint(self, transcript: Transcript) -> Fingerprint:
+    def fingerprint(self, transcript: Transcript, agent_id: str | None = None) -> Fingerprint:
         """What the enrichment of ``transcript`` depends on; the same fingerprint reuses the
         ledger's enrichment instead of paying again."""
-        model, prompt_hash, taxonomy_hash = self.fingerprint_static()
-        turns = [(t.role.value, t.text) for t in transcript.turns]
-        return Fingerprint(
-            transcript_hash=digest(turns),
-            model=model,
-            prompt_hash=prompt_hash,
-            taxonomy_hash=taxonomy_hash,
-        )
+        return self.profile(agent_id).fingerprint(transcript)
 
-    def fingerprint_static(self) -> tuple[str, str, str]:
+    def fingerprint_static(self, agent_id: str | None = None) -> tuple[str, str, str]:
         """The model, prompts and taxonomy part of every fingerprint (read once)."""
-        if self._static is None:
-            a = self.config.analysis
-            self._static = (
-                self.config.llm.model,
-                digest(
-                    [self.prompts.fingerprint(), a.language, a.business_context, a.success_criteria]
-                ),
-                digest([t.model_dump() for t in a.taxonomy]),
-            )
-        return self._static
+        return self.profile(agent_id).static_fingerprint()
 
-    async def _ask(self, parsed: Transcript) -> tuple[Any, str, int, int]:
+    async def _ask(
+        self, parsed: Transcript, profile: Profile
+    ) -> tuple[LLMResult[Enrichment], Literal["single", "map_reduce"], int, int]:
         """The LLM's validated answer: (LLMResult, strategy, parts, transcript tokens)."""
-        from .longcall import map_reduce, plan
-
-        the_plan = plan(parsed, self.config, self.prompts, self._schema)
+        the_plan = plan(parsed, profile)
         if the_plan.strategy == "single":
             answer = await self.llm.complete(
                 the_plan.messages,
-                output=Enrichment,
-                schema=self._schema,
-                reask=self.prompts.reask,
-                context={"taxonomy": self.config.analysis.taxonomy},
+                output=profile.spec.output_model(),
+                schema=profile.schema,
+                reask=profile.prompts.reask,
+                context=profile.spec.context(),
             )
             return answer, "single", 1, the_plan.transcript_tokens
-        answer, parts = await map_reduce(
-            parsed, the_plan, self.config, self.prompts, self.llm, self._schema
-        )
+        answer, parts = await map_reduce(parsed, the_plan, profile, self.llm)
         return answer, "map_reduce", parts, the_plan.transcript_tokens
-
-    def _update(self, enrichment: Enrichment, parsed: Transcript) -> dict[str, Any]:
-        metadata = parsed.metadata if self.config.write.metadata else None
-        return build_update(enrichment, self.config.write.fields, metadata).body()
 
     async def _enrich(
         self,
@@ -299,7 +171,8 @@ class Enricher:
     ) -> tuple[EnrichmentResult, LedgerEntry | None]:
         """Enrich, or reuse the ledger's enrichment; store a fresh one in ``state`` at once."""
         ledger = self.ledger if agent_id and conversation_id else None
-        fingerprint = self.fingerprint(parsed)
+        profile = self.profile(agent_id)
+        fingerprint = profile.fingerprint(parsed)
         base = {
             "transcript_format": parsed.format,
             "turns": len(parsed.turns),
@@ -313,16 +186,17 @@ class Enricher:
             if entry is None or entry.fingerprint != fingerprint:
                 return None
             result = _from_ledger(entry, **base)
-            result.update = self._update(result.enrichment, parsed)  # today's write.fields
+            result.update = profile.update(result.enrichment, parsed)  # today's write.fields
             return result, entry
 
         if ledger is not None and not force and (found := stored()) is not None:
             return found
         if ledger is None:
-            return await self._ask_and_finish(parsed, agent_id, conversation_id, state), None
+            result = await self._ask_and_finish(parsed, profile, agent_id, conversation_id, state)
+            return result, None
         # Another process (a webhook retried while the first is still running) may be paying
         # for this very enrichment: wait for its result rather than pay again.
-        held = digest(fingerprint.model_dump())
+        held = fingerprint.key()
         s = self.config.llm
         lease = s.timeout * (s.max_retries + 1) * (s.max_reasks + 1) + 60
         waited = 0.0
@@ -334,14 +208,20 @@ class Enricher:
             if waited > lease:
                 break
         try:
-            return await self._ask_and_finish(parsed, agent_id, conversation_id, state), None
+            result = await self._ask_and_finish(parsed, profile, agent_id, conversation_id, state)
+            return result, None
         finally:
             ledger.end(agent_id, conversation_id)  # type: ignore[arg-type]
 
     async def _ask_and_finish(
-        self, parsed: Transcript, agent_id: str | None, conversation_id: str | None, state: State
+        self,
+        parsed: Transcript,
+        profile: Profile,
+        agent_id: str | None,
+        conversation_id: str | None,
+        state: State,
     ) -> EnrichmentResult:
-        answer, strategy, parts, tokens = await self._ask(parsed)
+        answer, strategy, parts, tokens = await self._ask(parsed, profile)
         return self.finish(
             parsed,
             answer,
@@ -356,7 +236,7 @@ class Enricher:
     def finish(
         self,
         parsed: Transcript,
-        answer: Any,
+        answer: LLMResult[Enrichment],
         agent_id: str | None,
         conversation_id: str | None,
         *,
@@ -368,13 +248,14 @@ class Enricher:
     ) -> EnrichmentResult:
         """Turn the LLM's validated answer into a result: ground the queries, build the PUT
         body, and keep it in the ledger (in ``state``) before anything else can go wrong."""
+        profile = self.profile(agent_id)
         kept, dropped = ground_queries(
             answer.value.misunderstood_queries, [t.text for t in parsed.user_turns]
         )
         enrichment = answer.value.model_copy(update={"misunderstood_queries": kept})
         result = EnrichmentResult(
             enrichment=enrichment,
-            update=self._update(enrichment, parsed),
+            update=profile.update(enrichment, parsed),
             usage=answer.usage,
             cost=cost if cost is not None else self.config.cost(answer.model, answer.usage),
             attempts=answer.attempts,
@@ -393,7 +274,7 @@ class Enricher:
             self.ledger.record(
                 agent_id,
                 conversation_id,
-                self.fingerprint(parsed),
+                profile.fingerprint(parsed),
                 enrichment={
                     "enrichment": enrichment.model_dump(mode="json"),
                     "dropped_queries": dropped,
@@ -482,13 +363,11 @@ class Enricher:
         ``skip_written`` (a batch resuming) trusts the ledger without fetching again: a
         conversation written with today's model, prompts and taxonomy is skipped as it is.
         """
-        from .chatdash import conversation_path
-
         conversation_path(agent_id, conversation_id)  # bad ids fail before anything is paid
         self.chatdash.check()  # a write that cannot happen is known before the LLM is paid
         if transcript is None:
             if skip_written and not force:
-                done = self._already_written(agent_id, conversation_id)
+                done = self.written_result(agent_id, conversation_id)
                 if done is not None:
                     return done
             parsed = await self.afetch(agent_id, conversation_id)
@@ -504,7 +383,7 @@ class Enricher:
             self.ledger.queue(agent_id, conversation_id, result.update, "reused")
         return await self.awrite(result)
 
-    def _already_written(self, agent_id: str, conversation_id: str) -> EnrichmentResult | None:
+    def written_result(self, agent_id: str, conversation_id: str) -> EnrichmentResult | None:
         """The ledger's result for a conversation written with the current model, prompts and
         taxonomy: a batch that resumes skips it without even fetching its transcript."""
         if self.ledger is None:
@@ -512,7 +391,7 @@ class Enricher:
         entry = self.ledger.get(agent_id, conversation_id)
         if entry is None or entry.state != State.WRITTEN:
             return None
-        current = self.fingerprint_static()
+        current = self.fingerprint_static(agent_id)
         if (entry.model, entry.prompt_hash, entry.taxonomy_hash) != current:
             return None
         self.ledger.note(agent_id, conversation_id, "skipped", {"why": "already written"})
@@ -547,14 +426,14 @@ class Enricher:
         *,
         format: str | None = None,
         completion_tokens: int = 250,
+        agent_id: str | None = None,
     ) -> CostEstimate:
         """What enriching ``transcript`` should cost, without calling the LLM: its requests and
         prompt tokens as planned (offline count), ``completion_tokens`` per answer, list price."""
-        from .longcall import PART_SCHEMA, plan
-
+        profile = self.profile(agent_id)
         parsed = self.parse(transcript, format=format)
-        p = plan(parsed, self.config, self.prompts, self._schema)
-        counter_schema = json.dumps(self._schema)
+        p = plan(parsed, profile)
+        counter_schema = json.dumps(profile.schema)
         if p.strategy == "single":
             prompt = sum(count_tokens(m["content"], self.config) for m in p.messages)
             prompt += count_tokens(counter_schema, self.config)
@@ -562,9 +441,9 @@ class Enricher:
         else:
             prompt = 0
             for i, part in enumerate(p.parts, 1):
-                messages = self.prompts.part_messages(
+                messages = profile.prompts.part_messages(
                     part,
-                    self.config.analysis,
+                    profile.analysis,
                     schema=PART_SCHEMA,
                     mode=self.config.llm.mode,
                     index=i,
@@ -584,53 +463,6 @@ class Enricher:
             strategy=p.strategy,
         )
 
-    # -- many conversations ---------------------------------------------------------------------
-
-    def aenrich_many(
-        self,
-        items: Iterable[Any] | AsyncIterable[Any],
-        *,
-        concurrency: int = 8,
-        write: bool = True,
-        force: bool = False,
-        stop: asyncio.Event | None = None,
-    ) -> AsyncIterator[BatchResult]:
-        """Enrich (and with ``write``, write) many conversations, at most ``concurrency`` at a
-        time; yields a :class:`~enrich.batch.BatchResult` for each as it completes. Items are
-        pulled lazily; a failure is a failed result, never an exception."""
-        from .batch import run_many
-
-        return run_many(self, items, concurrency=concurrency, write=write, force=force, stop=stop)
-
-    def enrich_many(
-        self,
-        items: Iterable[Any] | AsyncIterable[Any],
-        *,
-        concurrency: int = 8,
-        write: bool = True,
-        force: bool = False,
-        via: Literal["direct", "batch-api"] = "direct",
-        poll_seconds: float = 10.0,
-        on_progress: Any = None,
-    ) -> BatchRun:
-        """Synchronous :meth:`aenrich_many`: iterate the returned run for results (also in a
-        notebook whose event loop is running); ``run.stop()`` winds it down.
-
-        ``via="batch-api"`` sends the whole job through OpenAI's Batch API instead (half the
-        price; results come when the batch completes; ``on_progress`` gets its status)."""
-        from .batch import BatchRun
-
-        return BatchRun(
-            self,
-            items,
-            concurrency=concurrency,
-            write=write,
-            force=force,
-            via=via,
-            poll_seconds=poll_seconds,
-            on_progress=on_progress,
-        )
-
     # -- synchronous twins ----------------------------------------------------------------------
 
     def enrich(
@@ -643,7 +475,7 @@ class Enricher:
         force: bool = False,
     ) -> EnrichmentResult:
         """Synchronous :meth:`aenrich`."""
-        return self._sync.run(
+        return self.sync.run(
             self.aenrich(
                 transcript,
                 format=format,
@@ -655,19 +487,19 @@ class Enricher:
 
     def fetch(self, agent_id: str, conversation_id: str) -> Transcript:
         """Synchronous :meth:`afetch`."""
-        return self._sync.run(self.afetch(agent_id, conversation_id))
+        return self.sync.run(self.afetch(agent_id, conversation_id))
 
     def resolve(self, agent_id: str, platform_id: str) -> str:
         """Synchronous :meth:`aresolve`."""
-        return self._sync.run(self.aresolve(agent_id, platform_id))
+        return self.sync.run(self.aresolve(agent_id, platform_id))
 
     def replay(self, *, include_failed: bool = False) -> ReplayReport:
         """Synchronous :meth:`areplay`."""
-        return self._sync.run(self.areplay(include_failed=include_failed))
+        return self.sync.run(self.areplay(include_failed=include_failed))
 
     def write(self, result: EnrichmentResult) -> EnrichmentResult:
         """Synchronous :meth:`awrite`."""
-        return self._sync.run(self.awrite(result))
+        return self.sync.run(self.awrite(result))
 
     def enrich_and_write(
         self,
@@ -679,7 +511,7 @@ class Enricher:
         force: bool = False,
     ) -> EnrichmentResult:
         """Synchronous :meth:`aenrich_and_write`."""
-        return self._sync.run(
+        return self.sync.run(
             self.aenrich_and_write(
                 agent_id, conversation_id, transcript, format=format, force=force
             )
@@ -694,15 +526,15 @@ class Enricher:
 
     def close(self) -> None:
         """Close the connections of the synchronous API."""
-        self._sync.close(self.aclose())
+        self.sync.close(self.aclose())
 
-    def __enter__(self) -> Enricher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> Enricher:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

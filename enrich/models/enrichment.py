@@ -1,14 +1,13 @@
-"""What the LLM must return, how it is checked, and the ChatDash PUT body it becomes.
+"""What the LLM must return and how it is checked.
 
 - :class:`Enrichment` is the validated answer. Validated with a taxonomy in the context
   (``{"taxonomy": [...]}``), its topic must be one of the taxonomy's and its subtopic one of that
   topic's.
-- :func:`output_schema` is the JSON schema sent to the model: strict-mode compatible (every
-  property required, no additional properties), with the taxonomy as enums.
+- :func:`strict_schema` makes a model's JSON schema strict-mode compatible (every property
+  required, no additional properties); :class:`~enrich.models.spec.AnalysisSpec` adds the
+  taxonomy's enums.
 - :func:`ground_queries` keeps only the misunderstood queries the user really said.
-- :class:`ConversationUpdate` is the whole PUT body of ChatDash's *Update Conversation*, every
-  field typed and named on the wire exactly as the API spells it (``mistunderstoodQueries``
-  included). :func:`build_update` fills only the enriched fields a run produced.
+- :class:`PartNotes` are the notes taken on one part of a call too long for one request.
 """
 
 from __future__ import annotations
@@ -18,26 +17,19 @@ import difflib
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-
-from .config import WRITABLE_FIELDS, Topic
-from .transcript import CallMetadata
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 __all__ = [
     "Evaluation",
     "MisunderstoodQuery",
     "Enrichment",
-    "output_schema",
     "strict_schema",
     "PartNotes",
     "ground_queries",
-    "ConversationUpdate",
-    "UpdateEvaluation",
-    "UpdateQuery",
-    "build_update",
+    "MAX_QUERIES",
+    "GROUNDING_THRESHOLD",
 ]
 
 
@@ -81,7 +73,8 @@ class Enrichment(_Strict):
 
     @model_validator(mode="after")
     def _within_taxonomy(self, info: ValidationInfo) -> Enrichment:
-        taxonomy: Sequence[Topic] = (info.context or {}).get("taxonomy") or ()
+        # the spec's topics (anything with .name and .subtopics[].name)
+        taxonomy: Sequence[Any] = (info.context or {}).get("taxonomy") or ()
         if not taxonomy:
             return self
         by_name = {t.name: t for t in taxonomy}
@@ -139,21 +132,6 @@ def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
     """``model``'s JSON schema, made strict-mode compatible."""
     raw = model.model_json_schema()
     return _inline(raw, raw.get("$defs", {}))
-
-
-def output_schema(taxonomy: Sequence[Topic] = ()) -> dict[str, Any]:
-    """The JSON schema the model must follow; with a taxonomy, topics and subtopics are enums."""
-    schema = strict_schema(Enrichment)
-    if taxonomy:
-        props = schema["properties"]
-        props["topic"]["enum"] = [t.name for t in taxonomy]
-        if all(t.subtopics for t in taxonomy):
-            subtopics: list[str] = []
-            for t in taxonomy:
-                subtopics += [s.name for s in t.subtopics if s.name not in subtopics]
-            props["subtopic"]["enum"] = subtopics
-            props["subtopic"]["description"] += " It must be one of the chosen topic's subtopics."
-    return schema
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,123 +196,3 @@ def ground_queries(
         else:
             dropped.append(q.question)
     return kept, dropped
-
-
-# --------------------------------------------------------------------------------------------
-# The ChatDash PUT body, every field of the contract
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class UpdateEvaluation(_Wire):
-    is_success: bool | None = Field(default=None, alias="isSuccess")
-    reason: str | None = None
-
-
-class UpdateQuery(_Wire):
-    question: str | None = None
-
-
-class ConversationUpdate(_Wire):
-    """The body of ``PUT /agents/{agentId}/conversations/{conversationId}``.
-
-    Every field of the contract is here, optional, under its wire name (``by_alias``). Only the
-    fields that were set are sent: :meth:`body` excludes unset fields and nulls.
-    """
-
-    platform_id: str | None = Field(default=None, alias="platformId")
-    lead_id: str | None = Field(default=None, alias="leadId")
-    name: str | None = None
-    read: bool | None = None
-    ended_at: datetime | None = Field(default=None, alias="endedAt")
-    browser: str | None = None
-    device: str | None = None
-    os: str | None = None
-    country_code: str | None = Field(default=None, alias="countryCode")
-    ip_address: str | None = Field(default=None, alias="ipAddress")
-    record: bool | None = None
-    interacted: bool | None = None
-    channel: str | None = None
-    phone: str | None = None
-    phone_secondary: str | None = Field(default=None, alias="phoneSecondary")
-    instagram_id: str | None = Field(default=None, alias="instagramId")
-    instagram_username: str | None = Field(default=None, alias="instagramUsername")
-    cost: float | None = None
-    duration: float | None = None
-    url: str | None = None
-    ended_reason: str | None = Field(default=None, alias="endedReason")
-    no_answer: bool | None = Field(default=None, alias="noAnswer")
-    status: Literal["ai", "pending", "human"] | None = None
-    live_agent_name: str | None = Field(default=None, alias="liveAgentName")
-    live_agent_id: str | None = Field(default=None, alias="liveAgentId")
-    is_live: bool | None = Field(default=None, alias="isLive")
-    note: str | None = None
-    topic: str | None = None
-    subtopic: str | None = None
-    summary: str | None = None
-    evaluation: UpdateEvaluation | None = None
-    mistunderstood_queries: list[UpdateQuery] | None = Field(
-        default=None, alias="mistunderstoodQueries"
-    )
-    custom_analysis: dict[str, Any] | None = Field(default=None, alias="customAnalysis")
-    metadata: dict[str, Any] | None = None
-
-    @field_validator("country_code")
-    @classmethod
-    def _alpha2(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z]{2}", v):
-            raise ValueError("must be an ISO 3166-1 alpha-2 code such as 'US'")
-        return v
-
-    def body(self) -> dict[str, Any]:
-        """The JSON body: wire names, only the fields that were set, no nulls."""
-        return self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
-
-
-def build_update(
-    enrichment: Enrichment,
-    fields: Iterable[str] = WRITABLE_FIELDS,
-    metadata: CallMetadata | None = None,
-) -> ConversationUpdate:
-    """The PUT for ``enrichment``, narrowed to ``fields`` (wire names).
-
-    With ``metadata``, the call's platform fields it holds are added under the PUT's own names:
-    ``platformId``, ``phone``, ``phoneSecondary``, ``duration`` (minutes), ``endedReason`` and
-    ``url`` (the recording).
-    """
-    wanted = set(fields)
-    unknown = wanted - set(WRITABLE_FIELDS)
-    if unknown:
-        raise ValueError(f"not enriched fields: {', '.join(sorted(unknown))}")
-    values: dict[str, Any] = {}
-    if "summary" in wanted:
-        values["summary"] = enrichment.summary
-    if "topic" in wanted:
-        values["topic"] = enrichment.topic
-    if "subtopic" in wanted:
-        values["subtopic"] = enrichment.subtopic
-    if "evaluation" in wanted:
-        values["evaluation"] = UpdateEvaluation(
-            isSuccess=enrichment.evaluation.is_success, reason=enrichment.evaluation.reason
-        )
-    if "mistunderstoodQueries" in wanted:
-        values["mistunderstoodQueries"] = [
-            UpdateQuery(question=q.question) for q in enrichment.misunderstood_queries
-        ]
-    if metadata is not None:
-        platform = {
-            "platformId": metadata.platform_id,
-            "phone": metadata.phone,
-            "phoneSecondary": metadata.phone_secondary,
-            "duration": (
-                round(metadata.duration_seconds / 60, 2)
-                if metadata.duration_seconds is not None
-                else None
-            ),
-            "endedReason": metadata.ended_reason,
-            "url": metadata.recording_url,
-        }
-        values.update({k: v for k, v in platform.items() if v not in (None, "")})
-    return ConversationUpdate(**values)

@@ -1,8 +1,10 @@
-"""Writing batch results: JSON Lines, CSV, or Parquet (when ``pyarrow`` is installed).
+"""Result files: batch results as JSON Lines, CSV, or Parquet (when ``pyarrow`` is installed).
 
-JSON Lines keeps everything (one :class:`~enrich.batch.BatchResult` a line). CSV and Parquet
-keep one flat row a conversation (:data:`COLUMNS`): what an analyst loads into a spreadsheet
-or a warehouse. Rows are written as they come, so a long batch streams.
+JSON Lines keeps everything (one :class:`~enrich.models.results.BatchResult` a line). CSV and
+Parquet keep one flat row a conversation (:func:`columns`): what an analyst loads into a
+spreadsheet or a warehouse; the enrichment's columns come from the analysis spec
+(:meth:`~enrich.models.spec.AnalysisSpec.flat`). Rows are written as they come, so a long batch
+streams.
 """
 
 from __future__ import annotations
@@ -10,27 +12,20 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from .errors import ConfigError
+from .models.results import BatchResult
+from .models.spec import AnalysisSpec
 
-if TYPE_CHECKING:
-    from .batch import BatchResult
+__all__ = ["ResultWriter", "open_writer", "read_results", "flat_row", "columns", "COLUMNS"]
 
-__all__ = ["ResultWriter", "open_writer", "flat_row", "COLUMNS"]
+_DEFAULT_SPEC = AnalysisSpec()
 
-COLUMNS = [
-    "agent_id",
-    "conversation_id",
-    "line",
-    "status",
-    "error",
-    "topic",
-    "subtopic",
-    "is_success",
-    "reason",
-    "summary",
-    "misunderstood_queries",
+#: Before the enrichment's columns.
+HEAD = ["agent_id", "conversation_id", "line", "status", "error"]
+#: After them.
+TAIL = [
     "dropped_queries",
     "model",
     "strategy",
@@ -44,8 +39,17 @@ COLUMNS = [
 ]
 
 
-def flat_row(r: BatchResult) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+def columns(spec: AnalysisSpec = _DEFAULT_SPEC) -> list[str]:
+    """The columns of a flat result row for ``spec``."""
+    return [*HEAD, *spec.columns(), *TAIL]
+
+
+#: The columns of the default analysis.
+COLUMNS = columns()
+
+
+def flat_row(r: BatchResult, spec: AnalysisSpec = _DEFAULT_SPEC) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(columns(spec))
     row.update(
         agent_id=r.agent_id,
         conversation_id=r.conversation_id,
@@ -56,14 +60,8 @@ def flat_row(r: BatchResult) -> dict[str, Any]:
     )
     res = r.result
     if res is not None:
-        e = res.enrichment
+        row.update(spec.flat(res.enrichment))
         row.update(
-            topic=e.topic,
-            subtopic=e.subtopic,
-            is_success=e.evaluation.is_success,
-            reason=e.evaluation.reason,
-            summary=e.summary,
-            misunderstood_queries=" | ".join(q.question for q in e.misunderstood_queries),
             dropped_queries=len(res.dropped_queries),
             model=res.model,
             strategy=res.strategy,
@@ -99,13 +97,14 @@ class _Jsonl(ResultWriter):
 
 
 class _Csv(ResultWriter):
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], spec: AnalysisSpec) -> None:
         self.stream = stream
-        self.writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+        self.spec = spec
+        self.writer = csv.DictWriter(stream, fieldnames=columns(spec))
         self.writer.writeheader()
 
     def write(self, result: BatchResult) -> None:
-        self.writer.writerow(flat_row(result))
+        self.writer.writerow(flat_row(result, self.spec))
         self.stream.flush()
 
     def close(self) -> None:
@@ -116,7 +115,7 @@ class _Csv(ResultWriter):
 class _Parquet(ResultWriter):
     BATCH = 1000
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, spec: AnalysisSpec) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -133,12 +132,13 @@ class _Parquet(ResultWriter):
             "reused": pa.bool_(),
             "seconds": pa.float64(),
         }
-        self.schema = pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
+        self.spec = spec
+        self.schema = pa.schema([(c, types.get(c, pa.string())) for c in columns(spec)])
         self.writer = pq.ParquetWriter(str(path), self.schema)
         self.rows: list[dict[str, Any]] = []
 
     def write(self, result: BatchResult) -> None:
-        self.rows.append(flat_row(result))
+        self.rows.append(flat_row(result, self.spec))
         if len(self.rows) >= self.BATCH:
             self._flush()
 
@@ -152,7 +152,7 @@ class _Parquet(ResultWriter):
         self.writer.close()
 
 
-def open_writer(path: str | Path) -> ResultWriter:
+def open_writer(path: str | Path, spec: AnalysisSpec = _DEFAULT_SPEC) -> ResultWriter:
     """A writer for ``path`` by its extension: ``.jsonl``, ``.csv`` or ``.parquet``; ``-`` writes
     JSON Lines to standard output."""
     if str(path) == "-":
@@ -166,18 +166,16 @@ def open_writer(path: str | Path) -> ResultWriter:
             import pyarrow  # noqa: F401
         except ImportError:
             raise ConfigError(f"{p}: writing Parquet needs pyarrow (pip install pyarrow)") from None
-        return _Parquet(p)
+        return _Parquet(p, spec)
     try:
         stream = p.open("w", encoding="utf-8", newline="")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot write: {exc.strerror}") from None
-    return _Csv(stream) if suffix == ".csv" else _Jsonl(stream)
+    return _Csv(stream, spec) if suffix == ".csv" else _Jsonl(stream)
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Flat rows back from a results file written by :func:`open_writer`."""
-    from .batch import BatchResult
-
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".jsonl":

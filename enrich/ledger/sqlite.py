@@ -19,7 +19,6 @@ claims rows with a lease so two replays do not send the same write at once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -34,8 +33,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .errors import ConfigError
-from .usage import Usage
+from ..errors import ConfigError
+from ..models.fingerprint import Fingerprint
+from ..models.usage import Usage
 
 __all__ = ["Ledger", "LedgerEntry", "LedgerEvent", "State", "Fingerprint", "default_ledger_path"]
 
@@ -105,21 +105,6 @@ def default_ledger_path() -> Path:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def digest(value: Any) -> str:
-    """A stable SHA-256 of a JSON-able value."""
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-class Fingerprint(BaseModel):
-    """What an enrichment depends on: the same fingerprint means the same question to the LLM."""
-
-    transcript_hash: str
-    model: str
-    prompt_hash: str
-    taxonomy_hash: str
 
 
 class LedgerEntry(Fingerprint):

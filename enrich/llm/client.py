@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ._perloop import PerLoop
-from .config import LLMSettings
-from .errors import (
+from .._perloop import PerLoop
+from ..config import LLMSettings
+from ..errors import (
     ConfigError,
     LLMError,
     LLMRefusalError,
@@ -40,9 +40,9 @@ from .errors import (
     LLMValidationError,
     redact,
 )
+from ..models.usage import Usage
 from .ratelimit import RateLimiter
 from .tokens import get_counter
-from .usage import Usage
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

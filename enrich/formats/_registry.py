@@ -1,4 +1,4 @@
-"""Transcripts: any supported format in, one ordered list of turns out.
+"""The format registry, decoding and detection: raw input in, a :class:`Transcript` out.
 
 Formats live in a registry (:func:`register_format`, :func:`formats`). Each format says whether it
 reads text or JSON, how to recognise its input, and how to turn it into a :class:`Transcript`.
@@ -6,9 +6,7 @@ reads text or JSON, how to recognise its input, and how to turn it into a :class
 only the one named).
 
 Bytes are read as UTF-8; text that is not UTF-8 but plain Windows-1252 (else Latin-1) text is read
-as such, with a warning on this module's logger; binary data is refused. The platforms' formats
-(ChatDash, Retell, Vapi, ElevenLabs) live in :mod:`enrich.formats`, imported at the end of this
-module so the registry is always complete.
+as such, with a warning on this module's logger; binary data is refused.
 
 Anything that cannot become a transcript with at least one user turn raises
 :class:`~enrich.errors.TranscriptError` with one line naming the problem and where it is.
@@ -22,103 +20,25 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-
-from .errors import TranscriptError
+from ..errors import TranscriptError
+from ..models.transcript import Transcript
 
 __all__ = [
-    "Role",
-    "Turn",
-    "Transcript",
-    "CallMetadata",
     "TranscriptFormat",
     "register_format",
     "formats",
     "parse_transcript",
     "read_transcript",
+    "describe_json",
     "DEFAULT_MAX_BYTES",
 ]
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
-logger = logging.getLogger(__name__)
-
-
-class Role(StrEnum):
-    """Who spoke a turn."""
-
-    USER = "user"
-    AGENT = "agent"  # the AI agent
-    HUMAN_AGENT = "human_agent"  # a person who took over from the AI
-    TOOL = "tool"  # a tool's result, offered as context, never as dialogue
-
-
-ROLE_LABELS = {
-    Role.USER: "User",
-    Role.AGENT: "Agent",
-    Role.HUMAN_AGENT: "Human agent",
-    Role.TOOL: "Tool",
-}
-
-
-class Turn(BaseModel):
-    """One turn of the dialogue. ``start`` is seconds from the start of the call, when known."""
-
-    role: Role
-    text: str
-    start: float | None = None
-
-
-class CallMetadata(BaseModel):
-    """What a platform's payload says about the call, beyond the dialogue. All optional.
-
-    ``phone`` and ``phone_secondary`` follow ChatDash's meaning: for Retell the FROM and the TO
-    number; for Vapi and ElevenLabs the CUSTOMER and the AGENT number.
-    """
-
-    platform: str | None = None
-    platform_id: str | None = None
-    agent_id: str | None = Field(default=None, description="the platform's own agent id")
-    phone: str | None = None
-    phone_secondary: str | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    duration_seconds: float | None = None
-    ended_reason: str | None = None
-    recording_url: str | None = None
-    cost: float | None = None
-    extra: dict[str, Any] = Field(
-        default_factory=dict, description="anything else worth keeping (the platform's analysis...)"
-    )
-
-    def is_empty(self) -> bool:
-        return not any(v for v in self.model_dump().values())
-
-
-class Transcript(BaseModel):
-    """An ordered dialogue, the format it was read from, and the call's metadata (if any)."""
-
-    turns: list[Turn]
-    format: str
-    metadata: CallMetadata = Field(default_factory=CallMetadata)
-
-    @property
-    def user_turns(self) -> list[Turn]:
-        return [t for t in self.turns if t.role == Role.USER]
-
-    @property
-    def dialogue(self) -> list[Turn]:
-        """The spoken turns: users, the AI agent and human agents (tools left out)."""
-        return [t for t in self.turns if t.role != Role.TOOL]
-
-    def as_text(self) -> str:
-        """The dialogue as ``Label: text`` lines, the way the default prompt shows it."""
-        return "\n".join(f"{ROLE_LABELS[t.role]}: {t.text}" for t in self.dialogue)
+logger = logging.getLogger("enrich.transcript")
 
 
 @dataclass(frozen=True)
@@ -152,10 +72,6 @@ def formats() -> list[TranscriptFormat]:
 
 # --------------------------------------------------------------------------------------------
 # Decoding and checks shared by every format
-
-
-def _has_words(text: str | None) -> bool:
-    return bool(text) and any(ch.isalnum() for ch in text)  # type: ignore[union-attr]
 
 
 def _decode(raw: bytes, source: str, max_bytes: int, *, legacy: bool = True) -> str:
@@ -273,7 +189,7 @@ def parse_transcript(
             else:
                 tried = ", ".join(f.name for f in candidates if f.kind == "json")
                 raise TranscriptError(
-                    f"JSON of an unknown shape ({_describe_json(value)}); tried formats: {tried}",
+                    f"JSON of an unknown shape ({describe_json(value)}); tried formats: {tried}",
                     source=source,
                 )
             raise TranscriptError(
@@ -290,7 +206,7 @@ def parse_transcript(
             return _run(fmt, value, source)
     tried = ", ".join(f.name for f in json_formats)
     raise TranscriptError(
-        f"JSON of an unknown shape ({_describe_json(value)}); tried formats: {tried}",
+        f"JSON of an unknown shape ({describe_json(value)}); tried formats: {tried}",
         source=source,
     )
 
@@ -322,7 +238,7 @@ def _run(fmt: TranscriptFormat, value: Any, source: str) -> Transcript:
     return transcript
 
 
-def _describe_json(value: Any) -> str:
+def describe_json(value: Any) -> str:
     if isinstance(value, dict):
         # repr()'s escapes keep the message on one line whatever the keys hold
         keys = ", ".join(repr(str(key))[1:-1] for key in list(value)[:6]) or "no keys"
@@ -365,147 +281,3 @@ def read_transcript(
     except OSError as exc:
         raise TranscriptError(f"cannot read: {exc.strerror}", source=str(p)) from None
     return parse_transcript(raw, format=format, source=str(p), max_bytes=max_bytes)
-
-
-# --------------------------------------------------------------------------------------------
-# Plain text: "Agent: ..." / "User: ..." lines
-
-
-_AGENT_LABELS = {"agent", "ai", "bot", "assistant"}
-_USER_LABELS = {"user", "customer", "caller"}
-_SPEAKER = re.compile(
-    r"^\s*(?:\[(?P<ts>(?:\d{1,2}:)?\d{1,2}:\d{2}(?:\.\d+)?)\]\s*)?"
-    r"(?P<label>" + "|".join(sorted(_AGENT_LABELS | _USER_LABELS)) + r")\s*:[ \t]?(?P<text>.*)$",
-    re.IGNORECASE,
-)
-
-
-def _seconds(ts: str | None) -> float | None:
-    if not ts:
-        return None
-    seconds = 0.0
-    for part in ts.split(":"):
-        seconds = seconds * 60 + float(part)
-    return seconds
-
-
-def _detect_text(text: str) -> bool:
-    return any(_SPEAKER.match(line) for line in text.splitlines()[:200])
-
-
-def _parse_text(text: str) -> Transcript:
-    turns: list[Turn] = []
-    current: dict[str, Any] | None = None
-
-    def flush() -> None:
-        if current is not None and _has_words(current["text"]):
-            turns.append(
-                Turn(role=current["role"], text=current["text"].strip(), start=current["start"])
-            )
-
-    for line in text.splitlines():
-        m = _SPEAKER.match(line)
-        if m:
-            flush()
-            label = m["label"].lower()
-            role = Role.AGENT if label in _AGENT_LABELS else Role.USER
-            current = {"role": role, "text": m["text"].strip(), "start": _seconds(m["ts"])}
-        elif current is not None and line.strip():
-            current["text"] = f"{current['text']}\n{line.strip()}"
-    flush()
-    if not turns:
-        raise TranscriptError("no turn with words after the speaker labels")
-    return Transcript(turns=turns, format="text")
-
-
-register_format(
-    TranscriptFormat(
-        name="text",
-        kind="text",
-        description="Plain text with 'Agent:'/'AI:'/'Bot:'/'Assistant:' and "
-        "'User:'/'Customer:'/'Caller:' labels; a turn may span lines; '[00:12]' times allowed.",
-        detect=_detect_text,
-        parse=_parse_text,
-    )
-)
-
-
-# --------------------------------------------------------------------------------------------
-# A JSON list of chat messages: [{"role": ..., "content": ...}]
-
-
-_CHAT_ROLES: dict[str, Role | None] = {
-    "user": Role.USER,
-    "assistant": Role.AGENT,
-    "agent": Role.AGENT,
-    "bot": Role.AGENT,
-    "tool": Role.TOOL,
-    "function": Role.TOOL,
-    "system": None,  # the agent's instructions: never part of the dialogue
-    "developer": None,
-}
-
-
-def _detect_chat(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(m, dict) and "role" in m for m in value)
-        and any("content" in m for m in value)
-    )
-
-
-def _chat_content(content: Any, index: int) -> str | None:
-    if content is None or isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return "\n".join(parts)
-    raise TranscriptError(
-        f"message {index}: content must be a string or a list of text parts, "
-        f"not {type(content).__name__}"
-    )
-
-
-def _parse_chat(value: list[dict[str, Any]]) -> Transcript:
-    if not isinstance(value, list):  # only when the format is forced
-        raise TranscriptError(f"expected a list of messages, not {_describe_json(value)}")
-    turns: list[Turn] = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise TranscriptError(
-                f"message {index}: expected an object, not {_describe_json(message)}"
-            )
-        role_name = message.get("role")
-        if not isinstance(role_name, str) or role_name.lower() not in _CHAT_ROLES:
-            known = ", ".join(_CHAT_ROLES)
-            raise TranscriptError(f"message {index}: unknown role {role_name!r} (known: {known})")
-        role = _CHAT_ROLES[role_name.lower()]
-        text = _chat_content(message.get("content"), index)
-        if role is None or not _has_words(text):
-            continue
-        turns.append(Turn(role=role, text=text.strip()))  # type: ignore[union-attr]
-    return Transcript(turns=turns, format="chat")
-
-
-register_format(
-    TranscriptFormat(
-        name="chat",
-        kind="json",
-        description='A JSON list of chat messages: [{"role": "user" | "assistant" | ..., '
-        '"content": "..."}]; content may be a list of text parts; system messages are dropped.',
-        detect=_detect_chat,
-        parse=_parse_chat,
-    )
-)
-
-
-# --------------------------------------------------------------------------------------------
-# The platform formats (ChatDash, Retell, Vapi, ElevenLabs) register themselves after these two.
-
-from . import formats as _formats  # noqa: E402,F401  registers the platform formats

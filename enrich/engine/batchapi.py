@@ -16,20 +16,21 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
-from .batch import BatchItem, BatchResult, _bad, _BadItem, _failed, _item, _one, _where
-from .errors import EnrichError, LLMError
-from .ledger import State
-from .llm import LLMResult, format_validation_errors
-from .schema import Enrichment
-from .usage import Usage
-
-if TYPE_CHECKING:
-    from .pipeline import Enricher
-    from .transcript import Transcript
+from ..errors import EnrichError, LLMError
+from ..ledger import State
+from ..llm import LLMResult, format_validation_errors
+from ..models.enrichment import Enrichment
+from ..models.results import BadItem, BatchItem, BatchResult
+from ..models.transcript import Transcript
+from ..models.usage import Usage
+from .core import EnricherCore
+from .items import aiter_items, bad_result, enrich_item, failed_result, to_item, where
+from .longcall import plan
+from .profile import Profile
 
 __all__ = ["run_via_batch_api", "BATCH_DISCOUNT"]
 
@@ -41,18 +42,26 @@ _DONE = {"completed", "failed", "expired", "cancelled"}
 
 
 class _Job:
-    def __init__(self, index: int, item: BatchItem, conversation_id: str, parsed: Transcript):
+    def __init__(
+        self,
+        index: int,
+        item: BatchItem,
+        conversation_id: str,
+        parsed: Transcript,
+        profile: Profile,
+    ) -> None:
         self.index = index
         self.item = item
         self.conversation_id = conversation_id
         self.parsed = parsed
+        self.profile = profile
         self.messages: list[dict[str, Any]] = []
         self.source: tuple[str, str] | None = None  # (batch id, custom id)
         self.start = time.perf_counter()
 
 
 async def run_via_batch_api(
-    enricher: Enricher,
+    enricher: EnricherCore,
     items: Iterable[Any] | AsyncIterable[Any],
     *,
     write: bool = True,
@@ -63,27 +72,23 @@ async def run_via_batch_api(
 ) -> AsyncIterator[BatchResult]:
     """Enrich ``items`` through one Batch API job; ``stop`` leaves the job waiting (it is in the
     ledger: the same command collects it later)."""
-    from .batch import _aiter
-    from .longcall import plan
-
     llm = enricher.llm
-    schema = enricher.schema
     jobs: list[_Job] = []
     direct: list[Any] = []  # items that take the direct path (long calls)
 
     # 1. prepare: resolve, skip what is done, fetch, parse, render
     index = 0
-    async for raw in _aiter(items):
-        item = _item(raw)
-        if isinstance(item, _BadItem):
-            yield _bad(item)
+    async for raw in aiter_items(items):
+        item = to_item(raw)
+        if isinstance(item, BadItem):
+            yield bad_result(item)
             continue
         try:
             conversation_id = item.conversation_id or await enricher.aresolve(
                 item.agent_id, item.platform_id or ""
             )
             if write and not force and item.transcript is None:
-                done = enricher._already_written(item.agent_id, conversation_id)
+                done = enricher.written_result(item.agent_id, conversation_id)
                 if done is not None:
                     yield BatchResult(
                         agent_id=item.agent_id,
@@ -97,17 +102,15 @@ async def run_via_batch_api(
             if item.transcript is None:
                 parsed = await enricher.afetch(item.agent_id, conversation_id)
             else:
-                parsed = enricher.parse(item.transcript, format=item.format, source=_where(item))
+                parsed = enricher.parse(item.transcript, format=item.format, source=where(item))
         except EnrichError as exc:
-            yield _failed(item, item.conversation_id, exc, time.perf_counter())
+            yield failed_result(item, item.conversation_id, exc, time.perf_counter())
             continue
-        if plan(parsed, enricher.config, enricher.prompts, schema).strategy != "single":
+        if plan(parsed, enricher.profile(item.agent_id)).strategy != "single":
             direct.append(item.model_copy(update={"conversation_id": conversation_id}))
             continue
-        job = _Job(index, item, conversation_id, parsed)
-        job.messages = enricher.prompts.messages(
-            parsed, enricher.config.analysis, schema=schema, mode=enricher.config.llm.mode
-        )
+        job = _Job(index, item, conversation_id, parsed, enricher.profile(item.agent_id))
+        job.messages = job.profile.messages(parsed)
         jobs.append(job)
         index += 1
 
@@ -135,7 +138,7 @@ async def run_via_batch_api(
                             "custom_id": str(job.index),
                             "method": "POST",
                             "url": "/v1/chat/completions",
-                            "body": llm._request(job.messages, schema),
+                            "body": llm._request(job.messages, job.profile.schema),
                         },
                         ensure_ascii=False,
                     )
@@ -223,7 +226,7 @@ async def run_via_batch_api(
             if write:
                 result = await enricher.awrite(result)
         except Exception as exc:  # noqa: BLE001 - one failure never aborts the batch
-            return _failed(job.item, job.conversation_id, exc, job.start)
+            return failed_result(job.item, job.conversation_id, exc, job.start)
         return BatchResult(
             agent_id=job.item.agent_id,
             conversation_id=job.conversation_id,
@@ -242,16 +245,17 @@ async def run_via_batch_api(
             if all((batch_id, custom_id) in consumed for custom_id in rows):
                 ledger.close_batch_job(batch_id, "collected")
     for item in direct:
-        yield await _one(enricher, item, write=write, force=force)
+        yield await enrich_item(enricher, item, write=write, force=force)
 
 
 async def _answer(
-    enricher: Enricher, job: _Job, row: dict[str, Any] | None, semaphore: asyncio.Semaphore
+    enricher: EnricherCore, job: _Job, row: dict[str, Any] | None, semaphore: asyncio.Semaphore
 ) -> tuple[LLMResult[Enrichment], Usage]:
     """The validated answer for one job: the batch's row if it is valid, else a direct re-ask
     (with the row's validation errors fed back when there was a row)."""
     llm = enricher.llm
-    context = {"taxonomy": enricher.config.analysis.taxonomy}
+    spec = job.profile.spec
+    context = spec.context()
     messages = list(job.messages)
     batch_usage = Usage()
     if row is not None and (row.get("response") or {}).get("status_code") == 200:
@@ -272,7 +276,7 @@ async def _answer(
         usable = choice is not None and choice.finish_reason not in ("length", "content_filter")
         if usable and not getattr(message, "refusal", None):
             try:
-                value = Enrichment.model_validate_json(text, context=context)
+                value = spec.output_model().model_validate_json(text, context=context)
                 return (
                     LLMResult(
                         value=value,
@@ -285,14 +289,14 @@ async def _answer(
                 )
             except ValidationError as exc:
                 errors = format_validation_errors(exc)
-                messages += llm._feedback(message, calls, text, enricher.prompts.reask(errors))
+                messages += llm._feedback(message, calls, text, job.profile.prompts.reask(errors))
     async with semaphore:
         try:
             answer = await llm.complete(
                 messages,
-                output=Enrichment,
-                schema=enricher.schema,
-                reask=enricher.prompts.reask,
+                output=spec.output_model(),
+                schema=job.profile.schema,
+                reask=job.profile.prompts.reask,
                 context=context,
             )
         except LLMError as exc:
@@ -301,8 +305,8 @@ async def _answer(
     return answer, batch_usage
 
 
-def _key(enricher: Enricher, job: _Job) -> list[str]:
-    fp = enricher.fingerprint(job.parsed)
+def _key(enricher: EnricherCore, job: _Job) -> list[str]:
+    fp = job.profile.fingerprint(job.parsed)
     return [
         job.item.agent_id,
         job.conversation_id,
@@ -313,7 +317,7 @@ def _key(enricher: Enricher, job: _Job) -> list[str]:
     ]
 
 
-def _cost(enricher: Enricher, model: str, batch: Usage, direct: Usage) -> float | None:
+def _cost(enricher: EnricherCore, model: str, batch: Usage, direct: Usage) -> float | None:
     price = enricher.config.price(model)
     if price is None:
         return None

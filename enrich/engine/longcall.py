@@ -16,18 +16,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from .errors import ConfigError, LLMError
-from .schema import Enrichment, PartNotes, strict_schema
-from .tokens import get_counter
-from .transcript import ROLE_LABELS, Transcript, Turn
-from .usage import Usage
-
-if TYPE_CHECKING:
-    from .config import Config
-    from .llm import LLMResult, StructuredLLM
-    from .prompts import Prompts
+from ..errors import ConfigError, LLMError
+from ..llm import LLMResult, StructuredLLM, get_counter
+from ..models.enrichment import Enrichment, PartNotes, strict_schema
+from ..models.transcript import ROLE_LABELS, Transcript, Turn
+from ..models.usage import Usage
+from ..prompts import Prompts
+from .profile import Profile
 
 __all__ = ["Plan", "plan", "map_reduce", "PART_SCHEMA"]
 
@@ -51,11 +48,12 @@ class Plan:
 
 
 class _Budget:
-    def __init__(self, config: Config, prompts: Prompts, schema: dict[str, Any]) -> None:
-        self.config = config
-        self.prompts = prompts
-        self.schema = schema
-        self.counter = get_counter(config.llm.tokenizer)
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.settings = profile.llm
+        self.prompts = profile.prompts
+        self.schema = profile.schema
+        self.counter = get_counter(profile.llm.tokenizer)
         self.margin = ESTIMATE_MARGIN if self.counter.name == "estimate" else 1.0
 
     def count(self, text: str) -> int:
@@ -63,7 +61,7 @@ class _Budget:
 
     def left(self, system_text: str, schema: dict[str, Any]) -> int:
         """Tokens left for the user message under this system prompt and schema."""
-        s = self.config.llm
+        s = self.settings
         # the answer, then for each re-ask the answer sent back (rarely near max_tokens) and
         # the errors
         reserve = s.max_tokens + s.max_reasks * (min(s.max_tokens, 1000) + 300) + 64
@@ -77,7 +75,7 @@ class _Budget:
 
     def context(self, **extra: Any) -> dict[str, Any]:
         return self.prompts.context(
-            self.config.analysis, schema=self.schema, mode=self.config.llm.mode, **extra
+            self.profile.analysis, schema=self.schema, mode=self.settings.mode, **extra
         )
 
 
@@ -87,9 +85,11 @@ def _cached_count(counter: Any, margin: float, text: str) -> int:
     return math.ceil(counter.count(text) * margin)
 
 
-def plan(transcript: Transcript, config: Config, prompts: Prompts, schema: dict[str, Any]) -> Plan:
-    """Decide whether ``transcript`` fits one request; if not, cut it into parts."""
-    b = _Budget(config, prompts, schema)
+def plan(transcript: Transcript, profile: Profile) -> Plan:
+    """Decide whether ``transcript`` fits one request under ``profile``; if not, cut it into
+    parts."""
+    b = _Budget(profile)
+    prompts, schema, llm = profile.prompts, profile.schema, profile.llm
     context = b.context(transcript=transcript)
     system = prompts.render("system.j2", **context)
     user = prompts.render("user.j2", **context)
@@ -103,8 +103,8 @@ def plan(transcript: Transcript, config: Config, prompts: Prompts, schema: dict[
     part_budget = b.left(prompts.render("map.j2", **part_context), PART_SCHEMA) - 64
     if part_budget < 256:
         raise ConfigError(
-            f"llm.context_tokens={config.llm.context_tokens} leaves no room for a part of the "
-            f"transcript once the prompts, the answer (llm.max_tokens={config.llm.max_tokens}) "
+            f"llm.context_tokens={llm.context_tokens} leaves no room for a part of the "
+            f"transcript once the prompts, the answer (llm.max_tokens={llm.max_tokens}) "
             "and its re-asks are reserved: raise context_tokens or lower max_tokens"
         )
     total = sum(b.turn_cost(t) for t in transcript.dialogue)
@@ -167,26 +167,20 @@ class _Spend:
 
 
 async def map_reduce(
-    transcript: Transcript,
-    the_plan: Plan,
-    config: Config,
-    prompts: Prompts,
-    llm: StructuredLLM,
-    schema: dict[str, Any],
+    transcript: Transcript, the_plan: Plan, profile: Profile, llm: StructuredLLM
 ) -> tuple[LLMResult[Enrichment], int]:
     """Enrich a long call from notes on its parts; returns the final result (its usage and
     attempts summed over every call) and the number of parts."""
-    from .llm import LLMResult
-
-    b = _Budget(config, prompts, schema)
+    b = _Budget(profile)
+    prompts, schema, analysis = profile.prompts, profile.schema, profile.analysis
     spend = _Spend()
-    mode = config.llm.mode
-    limit = asyncio.Semaphore(config.llm.part_concurrency)
+    mode = profile.llm.mode
+    limit = asyncio.Semaphore(profile.llm.part_concurrency)
 
     async def notes_for(index: int, count: int, turns=None, notes=None) -> PartNotes:
         messages = prompts.part_messages(
             turns,
-            config.analysis,
+            analysis,
             schema=PART_SCHEMA,
             mode=mode,
             index=index,
@@ -219,9 +213,7 @@ async def map_reduce(
         ending_budget = min(ENDING_TOKENS, the_plan.budget // 5)
         ending = _ending(transcript.dialogue, ending_budget, b)
         while True:
-            messages = prompts.reduce_messages(
-                notes, ending, config.analysis, schema=schema, mode=mode
-            )
+            messages = prompts.reduce_messages(notes, ending, analysis, schema=schema, mode=mode)
             if b.count(messages[1]["content"]) <= the_plan.budget:
                 break
             if ending:
@@ -235,10 +227,10 @@ async def map_reduce(
             )
         final = await llm.complete(
             messages,
-            output=Enrichment,
+            output=profile.spec.output_model(),
             schema=schema,
             reask=prompts.reask,
-            context={"taxonomy": config.analysis.taxonomy},
+            context=profile.spec.context(),
         )
         value = spend.add(final)
     except LLMError as exc:

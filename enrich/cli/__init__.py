@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from ._version import __version__
-from .errors import (
+from .._version import __version__
+from ..errors import (
     ChatDashError,
     ConfigError,
     InputError,
@@ -39,7 +39,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 __all__ = [
     "app",
@@ -270,7 +270,7 @@ def _config(
     rpm: float | None = None,
     tpm: float | None = None,
 ) -> Config:
-    from .config import load_config
+    from ..config import load_config
 
     overrides = {
         "llm": {"model": model, "mode": mode, "rpm": rpm, "tpm": tpm},
@@ -291,7 +291,7 @@ def _start(verbose: bool, as_json: bool = False) -> None:
 
 
 def _read(transcript: str, fmt: str | None, config: Config) -> Any:
-    from .transcript import read_transcript
+    from ..formats import read_transcript
 
     return read_transcript(transcript, format=fmt, max_bytes=config.input.max_bytes)
 
@@ -376,8 +376,8 @@ def run(
                 "(with them, the transcript is fetched from ChatDash)"
             )
         cfg = _config(config, model=model, mode=mode, write_metadata=write_metadata)
-        from .chatdash import conversation_path
-        from .pipeline import Enricher
+        from ..chatdash import conversation_path
+        from ..engine import Enricher
 
         if agent_id is not None or conversation_id or platform_id:
             conversation_path(agent_id or "", conversation_id or platform_id or "")
@@ -473,7 +473,7 @@ def replay(
     """Send every pending write in the ledger again (no LLM call). Safe to run twice."""
     _start(verbose, as_json)
     with _guard():
-        from .pipeline import Enricher
+        from ..engine import Enricher
 
         enricher = Enricher(_config(config))
         try:
@@ -548,7 +548,7 @@ app.add_typer(ledger_app, name="ledger")
 
 
 def _ledger(cfg: Config) -> Any:
-    from .ledger import Ledger, default_ledger_path
+    from ..ledger import Ledger, default_ledger_path
 
     if not cfg.ledger.enabled:
         raise ConfigError("the ledger is disabled (ledger.enabled, or ENRICH_LEDGER=off)")
@@ -713,8 +713,8 @@ def _drive(
     """Run a batch with progress, Ctrl-C handling and a summary; returns the exit code."""
     import time
 
-    from .batch import BatchTotals
-    from .output import open_writer
+    from ..models.results import BatchTotals
+    from ..resultfiles import open_writer
 
     writer = open_writer(output) if output else None
     totals = BatchTotals()
@@ -869,8 +869,8 @@ def batch(
     """
     _start(verbose)
     with _guard():
-        from .batch import read_items
-        from .pipeline import Enricher
+        from ..engine import Enricher
+        from ..engine.items import read_items
 
         if input != "-" and Path(input).is_dir():
             raise InputError(f"{input}: is a directory, not a JSON Lines file")
@@ -930,12 +930,12 @@ def _estimate(enricher: Any, items: Any, *, force: bool, output: str | None) -> 
     """Estimate a job's cost without calling the LLM; write rows to ``output``."""
     import statistics
 
-    from .batch import estimate_many
+    from ..engine.batch import estimate_many
 
     async def collect() -> list[Any]:
         return [row async for row in estimate_many(enricher, items, force=force)]
 
-    rows = enricher._sync.run(collect())
+    rows = enricher.sync.run(collect())
     if output:
         path = Path(output) if output != "-" else None
         if path is not None and path.suffix.lower() not in (".jsonl", ".csv"):
@@ -1047,8 +1047,8 @@ def backfill(
     with _guard():
         from datetime import UTC, datetime, timedelta
 
-        from .batch import backfill_items
-        from .pipeline import Enricher
+        from ..engine import Enricher
+        from ..engine.batch import backfill_items
 
         start = _when(since, "--since")
         end = _when(until, "--until") if until else datetime.now(UTC)
@@ -1089,8 +1089,8 @@ def report(
     """Topics, success rate, the most common misunderstood queries, tokens and cost."""
     _start(verbose, as_json)
     with _guard():
-        from .output import read_results
-        from .report import rows_from_ledger, summarize
+        from ..report import rows_from_ledger, summarize
+        from ..resultfiles import read_results
 
         if results is not None:
             if not results.is_file():
@@ -1149,7 +1149,7 @@ def render(
     _start(verbose, as_json)
     with _guard():
         cfg = _config(config, mode=mode)
-        from .pipeline import Enricher
+        from ..engine import Enricher
 
         messages = Enricher(cfg).render(_read(transcript, fmt, cfg))
         if as_json:
@@ -1168,10 +1168,8 @@ def schema(
     """Print the JSON schema the model is asked to follow (the taxonomy becomes enums)."""
     _start(verbose)
     with _guard():
-        from .schema import output_schema
-
         cfg = _config(config)
-        _out(json.dumps(output_schema(cfg.analysis.taxonomy), indent=2, ensure_ascii=False))
+        _out(json.dumps(cfg.spec().json_schema(), indent=2, ensure_ascii=False))
 
 
 @app.command("config")
@@ -1191,7 +1189,7 @@ def show_config(
 @app.command("formats")
 def list_formats() -> None:
     """List the transcript formats enrich reads, in the order it tries them."""
-    from .transcript import formats
+    from ..formats import formats
 
     for fmt in formats():
         _out(f"{fmt.name:<10} {fmt.kind:<5} {fmt.description}")
@@ -1202,7 +1200,7 @@ def templates_list(config: ConfigOpt = None, verbose: VerboseOpt = False) -> Non
     """List the templates and the file each comes from (yours or the packaged default)."""
     _start(verbose)
     with _guard():
-        from .prompts import Prompts
+        from ..prompts import Prompts
 
         cfg = _config(config)
         for name, path, overridden in Prompts(cfg.analysis.prompts_dir).listing():
@@ -1218,7 +1216,7 @@ def templates_show(
     """Print a template's source (copy it into your prompts folder to override it)."""
     _start(verbose)
     with _guard():
-        from .prompts import Prompts
+        from ..prompts import Prompts
 
         cfg = _config(config)
         _out(Prompts(cfg.analysis.prompts_dir).source(name).rstrip())

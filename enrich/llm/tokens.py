@@ -17,7 +17,7 @@ import re
 from functools import lru_cache
 from typing import Protocol
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["TokenCounter", "EstimateCounter", "TiktokenCounter", "get_counter"]
 

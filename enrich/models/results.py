@@ -1,0 +1,168 @@
+"""Results: what enriching one conversation, or many, gave.
+
+- :class:`EnrichmentResult`: one conversation's enrichment, its PUT body, tokens and cost;
+- :class:`BatchItem` and :class:`BatchResult`: one conversation of a batch, in and out;
+  :class:`BatchTotals` sums results for progress and the closing summary;
+- :class:`CostEstimate` and :class:`EstimateRow`: what a conversation should cost, before any call;
+- :class:`ReplayReport`: what ``replay`` did.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .enrichment import Enrichment
+from .transcript import CallMetadata
+from .usage import Usage
+
+__all__ = [
+    "EnrichmentResult",
+    "CostEstimate",
+    "ReplayReport",
+    "BatchItem",
+    "BadItem",
+    "BatchResult",
+    "BatchTotals",
+    "EstimateRow",
+    "Status",
+    "Stage",
+]
+
+Status = Literal["written", "enriched", "skipped", "failed"]
+#: Where a failed item failed (see :func:`enrich.errors.error_class`).
+Stage = Literal["input", "llm", "chatdash", "config", "internal"]
+
+
+class EnrichmentResult(BaseModel):
+    """What one conversation gave: the enrichment, its cost, and what was (or would be) written."""
+
+    enrichment: Enrichment
+    update: dict[str, Any] = Field(description="the PUT body, wire names, only the fields sent")
+    usage: Usage
+    attempts: int = Field(description="LLM requests made, re-asks and parts included")
+    model: str
+    dropped_queries: list[str] = Field(
+        default_factory=list,
+        description="misunderstood queries the model invented (not said by the user): not written",
+    )
+    transcript_format: str
+    turns: int
+    strategy: Literal["single", "map_reduce"] = Field(
+        default="single",
+        description="single: one request; map_reduce: the call was over the context budget, "
+        "so notes were taken on its parts and combined",
+    )
+    parts: int = Field(default=1, description="parts the transcript was cut into")
+    transcript_tokens: int = Field(default=0, description="the transcript's tokens, as estimated")
+    metadata: CallMetadata = Field(default_factory=CallMetadata)
+    cost: float | None = Field(
+        default=None, description="USD, from the price table; None: no price"
+    )
+    reused: bool = Field(
+        default=False, description="the enrichment came from the ledger: no LLM call, no cost"
+    )
+    already_written: bool = Field(
+        default=False, description="the same body was written before: nothing was sent"
+    )
+    agent_id: str | None = None
+    conversation_id: str | None = None
+    written: bool = False
+
+
+class CostEstimate(BaseModel):
+    """What a conversation should cost, before any LLM call (see :meth:`Enricher.estimate`)."""
+
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None = Field(description="USD at list price; None: the model has no price")
+    strategy: Literal["single", "map_reduce"]
+
+
+class ReplayReport(BaseModel):
+    """What ``replay`` did."""
+
+    written: int = 0
+    skipped: int = Field(default=0, description="claimed by another process at the time")
+    failed: list[str] = Field(default_factory=list)
+    refused_waiting: int = Field(
+        default=0, description="writes ChatDash refused, left for a replay with include_failed"
+    )
+
+
+class BatchItem(BaseModel):
+    """One conversation to enrich. Without ``transcript`` it is fetched from ChatDash."""
+
+    agent_id: str = Field(min_length=1)
+    conversation_id: str | None = Field(default=None, min_length=1)
+    platform_id: str | None = Field(default=None, min_length=1)
+    transcript: Any = None
+    format: str | None = None
+    line: int | None = Field(default=None, description="where it came from, for messages")
+
+
+class BadItem(BaseModel):
+    """An item that could not be read: a failed result naming its line."""
+
+    line: int | None = None
+    error: str
+
+
+class BatchResult(BaseModel):
+    """What happened to one item."""
+
+    agent_id: str | None = None
+    conversation_id: str | None = None
+    line: int | None = None
+    status: Status
+    ok: bool
+    result: EnrichmentResult | None = None
+    error: str | None = None
+    error_type: str | None = None
+    stage: Stage | None = None
+    seconds: float = 0.0
+
+
+class BatchTotals(BaseModel):
+    """Running totals, for progress and the closing summary."""
+
+    done: int = 0
+    written: int = 0
+    enriched: int = 0
+    skipped: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    requests: int = 0
+    cost: float = 0.0
+    uncosted: int = 0
+
+    def add(self, r: BatchResult) -> None:
+        self.done += 1
+        setattr(self, r.status, getattr(self, r.status) + 1)
+        res = r.result
+        if res is not None and not res.reused:
+            self.prompt_tokens += res.usage.prompt_tokens
+            self.completion_tokens += res.usage.completion_tokens
+            self.cached_tokens += res.usage.cached_tokens
+            self.requests += res.usage.requests
+            if res.cost is None:
+                self.uncosted += 1
+            else:
+                self.cost += res.cost
+
+
+class EstimateRow(BaseModel):
+    agent_id: str | None = None
+    conversation_id: str | None = None
+    line: int | None = None
+    ok: bool
+    error: str | None = None
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    strategy: str | None = None
