@@ -4,23 +4,23 @@ One :class:`httpx.AsyncClient` per event loop, with connection pooling and the c
 timeout. Every request sends the raw agency key in ``Authorization`` (no ``Bearer``). Ids are
 percent-encoded as single path segments, so no id can change the path.
 
-429, 5xx, timeouts and dropped connections are retried with exponential backoff and jitter,
-honouring ``Retry-After``, up to ``chatdash.max_attempts`` tries. 4xx answers are not retried;
-they become a :class:`~enrich.errors.ChatDashError` in words a user can act on.
+The transient statuses of :mod:`enrich._http` (408, 409, 429, 500, 502, 503, 504), timeouts and
+dropped connections are retried with exponential backoff and jitter, honouring ``Retry-After``,
+up to ``chatdash.max_attempts`` tries. Other answers of 300 and over are not retried; they become
+a :class:`~enrich.errors.ChatDashError` in words a user can act on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from ._http import backoff, is_transient, retry_after
 from ._perloop import PerLoop
 from .config import ChatDashSettings
 from .errors import ChatDashError, ChatDashLookupError, ConfigError, InputError, redact
@@ -28,8 +28,6 @@ from .errors import ChatDashError, ChatDashLookupError, ConfigError, InputError,
 __all__ = ["ChatDash", "conversation_path"]
 
 log = logging.getLogger("enrich.chatdash")
-
-_RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 def _segment(value: str, what: str) -> str:
@@ -46,20 +44,6 @@ def conversation_path(agent_id: str, conversation_id: str) -> str:
         f"/agents/{_segment(agent_id, 'agent id')}"
         f"/conversations/{_segment(conversation_id, 'conversation id')}"
     )
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -117,11 +101,10 @@ class ChatDash:
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         s = self.settings
         if response is not None:
-            after = _retry_after(response)
+            after = retry_after(response.headers)
             if after is not None:
                 return min(after, s.max_backoff)
-        base = min(s.max_backoff, s.backoff * (2 ** (attempt - 1)))
-        return random.uniform(base / 2, base)  # "equal jitter"
+        return backoff(attempt - 1, first=s.backoff, cap=s.max_backoff)
 
     async def request(
         self, method: str, path: str, *, what: str, json: Any = None, params: Any = None
@@ -150,7 +133,7 @@ class ChatDash:
                         return None
                 detail = redact(_error_detail(response), secrets)
                 status = response.status_code
-                if status not in _RETRY_STATUS:
+                if not is_transient(status):
                     kind = ChatDashLookupError if method == "GET" else ChatDashError
                     raise kind(
                         self._explain(status, what, detail),

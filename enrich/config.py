@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, validation_problems
 from .models.spec import WRITABLE_FIELDS, AnalysisSpec, Subtopic, Topic
 
 __all__ = [
@@ -344,12 +344,10 @@ def load_config(
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
+        loc, msg, kind = validation_problems(exc)[0]
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         origin = _origin(origins, loc) or (str(file_path) if file_path else "configuration")
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if kind == "extra_forbidden":
             msg = "unknown setting (see config.example.yaml for every key)"
         if origin in ENV_VARS:
             where = origin

@@ -27,10 +27,9 @@ Messages never contain secrets: anything built from a server's answer is passed 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, NamedTuple
 
-if TYPE_CHECKING:
-    from .models.usage import Usage
+from ._http import is_permanent
 
 #: The families of errors: ``input`` (bad input, nothing paid), ``config`` (a setting or a
 #: template), ``llm``, ``chatdash`` (a write or a read that is not the input's fault), ``enrich``
@@ -54,6 +53,7 @@ __all__ = [
     "error_class",
     "ErrorClass",
     "validation_errors",
+    "validation_problems",
 ]
 
 
@@ -107,8 +107,8 @@ class TemplateError(EnrichError):
 class LLMError(EnrichError):
     """The LLM did not give a usable answer.
 
-    ``attempts`` counts the requests made, ``usage`` sums their tokens and ``raw_outputs`` keeps
-    every answer the model gave (they were paid for).
+    ``attempts`` counts the requests made, ``usage`` (a :class:`~enrich.Usage`) sums their tokens
+    and ``raw_outputs`` keeps every answer the model gave (they were paid for).
     """
 
     def __init__(
@@ -116,7 +116,7 @@ class LLMError(EnrichError):
         message: str,
         *,
         attempts: int = 0,
-        usage: Usage | None = None,
+        usage: Any = None,
         raw_outputs: list[str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -172,6 +172,13 @@ class ChatDashError(EnrichError):
         self.url = url
         self.status_code = status_code
 
+    @property
+    def permanent(self) -> bool:
+        """ChatDash refused the request itself (a 4xx that is not transient: a bad key, an
+        unknown id, a rejected body): sending it again cannot succeed until the cause is fixed.
+        A 429, a 5xx or no answer at all is not permanent: a later replay may succeed."""
+        return is_permanent(self.status_code)
+
 
 class ChatDashLookupError(ChatDashError, InputError):
     """ChatDash refused a read (a conversation, its messages, a list) with a 4xx: the input or
@@ -195,12 +202,28 @@ def error_class(exc: BaseException) -> ErrorClass:
     return "internal"
 
 
+class Problem(NamedTuple):
+    """One problem of a pydantic ``ValidationError``: where, what (plain words), and its kind."""
+
+    loc: tuple[Any, ...]
+    msg: str
+    type: str
+
+
+def validation_problems(exc: Any) -> list[Problem]:
+    """A pydantic ``ValidationError`` as :class:`Problem` s, each message without pydantic's
+    ``Value error, `` prefix."""
+    return [
+        Problem(tuple(err["loc"]), err["msg"].removeprefix("Value error, "), err["type"])
+        for err in exc.errors(include_url=False)
+    ]
+
+
 def validation_errors(exc: Any) -> list[str]:
     """A pydantic ``ValidationError`` as one line per problem: ``evaluation.is_success: Field
     required``, the form used in re-asks, configuration errors and batch results."""
     lines = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}" if loc else msg)
+    for loc, msg, _ in validation_problems(exc):
+        where = ".".join(str(p) for p in loc)
+        lines.append(f"{where}: {msg}" if where else msg)
     return lines

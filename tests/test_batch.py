@@ -469,3 +469,45 @@ def test_an_interrupted_batch_api_job_is_collected_by_the_next_run(fake_chatdash
         assert sum(f["purpose"] == "batch" for f in llm.files.values()) == 1
         assert [r.status for r in results] == ["written"] * 5
         assert len(fake_chatdash.puts) == 5 and llm.count == 5
+
+
+def test_batch_api_accepts_a_fenced_answer_as_the_direct_path_does(fake_chatdash):
+    """A ```json fence around the JSON is read the same on both paths (one wire module): the
+    Batch API row is accepted as it is, with no direct re-ask."""
+    from enrich.testing import valid_answer
+
+    def fenced(request):
+        return Reply.text("```json\n" + json.dumps(valid_answer(request)) + "\n```")
+
+    with FakeLLM(batch_seconds=0.1, responder=fenced) as llm:
+        with Enricher(make_config(llm, fake_chatdash)) as e:
+            rows = items(3)
+            direct = list(e.enrich_many(rows[:1], write=False))
+            batched = list(e.enrich_many(rows[1:], write=False, via="batch-api", poll_seconds=0.05))
+        assert [r.status for r in direct + batched] == ["enriched"] * 3
+        assert llm.count == 3  # one direct request, two batch rows: nothing asked again
+        assert all(len(request["messages"]) == 2 for request in llm.requests)  # no feedback
+        assert direct[0].result.attempts == 1
+        assert [r.result.attempts for r in batched] == [1, 1]
+        assert {r.result.enrichment.topic for r in direct + batched} == {"Account"}
+
+
+def test_batch_api_reasks_an_invalid_tool_call_with_a_tool_message(fake_chatdash):
+    """In ``tools`` mode the row's invalid call is fed back as the direct path feeds it back:
+    the assistant's tool call, then a ``tool`` message with the errors."""
+    with FakeLLM(batch_seconds=0.1) as llm:
+        llm.add(Reply.text('{"summary": "half an answer"}'))
+        config = make_config(llm, fake_chatdash, llm={"mode": "tools"})
+        with Enricher(config) as e:
+            results = list(e.enrich_many(items(1), write=False, via="batch-api", poll_seconds=0.05))
+        assert [r.status for r in results] == ["enriched"]
+        assert llm.count == 2 and results[0].result.attempts == 2
+        call, feedback = llm.requests[-1]["messages"][-2:]
+        assert call["role"] == "assistant" and call["content"] is None
+        (tool_call,) = call["tool_calls"]
+        assert tool_call["function"] == {
+            "name": "record_enrichment",
+            "arguments": '{"summary": "half an answer"}',
+        }
+        assert feedback["role"] == "tool" and feedback["tool_call_id"] == tool_call["id"]
+        assert "topic: Field required" in feedback["content"]

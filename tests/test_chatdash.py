@@ -197,3 +197,42 @@ def test_retries_stop_at_the_total_time_bound(fake_llm, fake_chatdash):
         e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
     assert time.monotonic() - start < 3
     assert len(fake_chatdash.puts) == 1
+
+
+@pytest.mark.parametrize("status", [408, 409])
+def test_timeout_and_conflict_are_transient_as_for_the_llm(fake_llm, fake_chatdash, status):
+    """One set of transient statuses for both clients (enrich._http): 408 and 409 too."""
+    fake_chatdash.fail(Fault(status=status))
+    with Enricher(make_config(fake_llm, fake_chatdash)) as e:
+        result = e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
+    assert result.written and len(fake_chatdash.puts) == 2
+
+
+def test_retry_after_as_an_http_date_is_honoured(fake_llm, fake_chatdash):
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    with Enricher(make_config(fake_llm, fake_chatdash)) as e:
+        e.enrich(TRANSCRIPT)  # warm up the LLM connection; time only the write
+        when = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+        fake_chatdash.fail(
+            Fault(status=503, headers={"Retry-After": format_datetime(when, usegmt=True)})
+        )
+        start = time.monotonic()
+        e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
+    assert time.monotonic() - start >= 0.9
+    assert len(fake_chatdash.puts) == 2
+
+
+@pytest.mark.parametrize(
+    ("fault", "permanent"),
+    [(Fault(status=404), True), (Fault(status=422), True), (Fault(status=502), False)],
+    ids=["404", "422", "502"],
+)
+def test_the_error_says_whether_a_replay_can_succeed(fake_llm, fake_chatdash, fault, permanent):
+    fake_chatdash.fail(*[fault] * 4)
+    config = make_config(fake_llm, fake_chatdash, chatdash={"max_attempts": 2})
+    with Enricher(config) as e, pytest.raises(ChatDashError) as info:
+        e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
+    assert info.value.status_code == fault.status
+    assert info.value.permanent is permanent

@@ -20,8 +20,15 @@ from typer.testing import CliRunner
 
 from enrich import Enricher
 from enrich.cli import app
-from enrich.errors import ChatDashError
-from enrich.ledger import Fingerprint, Ledger, State
+from enrich.errors import ChatDashError, ConfigError
+from enrich.ledger import (
+    Fingerprint,
+    Ledger,
+    LedgerBackend,
+    SQLiteLedger,
+    State,
+    open_ledger,
+)
 from enrich.models.usage import Usage
 from enrich.testing import FakeChatDash, FakeLLM, Fault
 
@@ -372,3 +379,133 @@ def test_sigkill_mid_batch_loses_nothing_paid_for(tmp_path):
         assert len(llm.requests) - paid == 30 - len(stored)  # the stored ones were not paid again
         final = Ledger(ledger_path).entries()
         assert len(final) == 30 and {e.state for e in final} == {State.WRITTEN}
+
+
+# -- the interface: one for every back end, async twins that never block the loop ----------------
+
+
+def test_ledger_is_the_sqlite_back_end_behind_the_interface(tmp_path):
+    ledger = open_ledger(tmp_path / "l.sqlite3")
+    assert isinstance(ledger, SQLiteLedger) and isinstance(ledger, LedgerBackend)
+    assert Ledger is SQLiteLedger
+    assert ledger.location == str(tmp_path / "l.sqlite3")
+    with pytest.raises(TypeError):
+        LedgerBackend()  # abstract: a back end implements every operation
+    with pytest.raises(ConfigError, match="only a SQLite file") as caught:
+        open_ledger("postgresql://enrich:s3cret@db/enrich")
+    assert "s3cret" not in str(caught.value)
+
+
+FP = Fingerprint(transcript_hash="t", model="m", prompt_hash="p", taxonomy_hash="x")
+
+
+def test_async_twins_from_a_running_loop(tmp_path):
+    ledger = open_ledger(tmp_path / "l.sqlite3")
+    usage = Usage(prompt_tokens=10, requests=1)
+
+    async def main() -> None:
+        assert await ledger.aget("a", "c") is None
+        await ledger.arecord(
+            "a",
+            "c",
+            FP,
+            enrichment={"n": 1},
+            body={"b": 1},
+            usage=usage,
+            cost=0.5,
+            state=State.ENRICHED,
+        )
+        entry = await ledger.aget("a", "c")
+        assert entry.state == State.ENRICHED and entry.fingerprint == FP
+        await ledger.aqueue("a", "c", {"b": 2}, "reused")
+        assert await ledger.aclaim("a", "c")
+        assert not await ledger.aclaim("a", "c")  # leased
+        await ledger.awrite_failed("a", "c", "HTTP 503", permanent=False)
+        assert (await ledger.aentries(State.PENDING))[0].last_error == "HTTP 503"
+        await ledger.awritten("a", "c", {"b": 2})
+        assert [e.state for e in await ledger.afind("c")] == [State.WRITTEN]
+        assert await ledger.abegin("a", "c", "key", 60)
+        assert not await ledger.abegin("a", "c", "key", 60)
+        await ledger.aend("a", "c")
+        assert await ledger.abegin("a", "c", "key", 60)
+        await ledger.anote("a", "c", "skipped", {"why": "test"})
+        events = [h.event for h in await ledger.ahistory("a", "c")]
+        assert events == ["enriched", "reused", "write_failed", "written", "skipped"]
+        assert [s["state"] for s in await ledger.astats()] == ["written"]
+        await ledger.arecord_batch_job("batch_1", {"0": ["a", "c"]})
+        assert await ledger.aopen_batch_jobs() == {"batch_1": {"0": ["a", "c"]}}
+        await ledger.aclose_batch_job("batch_1", "collected")
+        assert await ledger.aopen_batch_jobs() == {}
+
+    asyncio.run(main())
+    assert ledger.get("a", "c").state == State.WRITTEN  # the same ledger, seen synchronously
+
+
+def test_an_async_twin_waiting_for_a_lock_does_not_block_the_loop(tmp_path):
+    path = tmp_path / "l.sqlite3"
+    ledger = open_ledger(path)
+    ledger.stats()  # created
+    other = sqlite3.connect(path, isolation_level=None)  # another process's writer
+    other.execute("BEGIN IMMEDIATE")
+
+    async def main() -> tuple[int, int]:
+        ticks = 0
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, other.execute, "COMMIT")
+        record = asyncio.ensure_future(
+            ledger.arecord(
+                "a",
+                "c",
+                FP,
+                enrichment={},
+                body={},
+                usage=Usage(),
+                cost=None,
+                state=State.PENDING,
+            )
+        )
+        while not record.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        await record
+        return ticks, len(await ledger.aentries())
+
+    ticks, stored = asyncio.run(main())
+    other.close()
+    assert stored == 1
+    assert ticks >= 20  # the loop kept running for the half second the lock was held
+
+
+# -- the fingerprint's version --------------------------------------------------------------------
+
+
+def test_the_fingerprint_version_is_stored_and_read(tmp_path):
+    ledger = open_ledger(tmp_path / "l.sqlite3")
+    later = FP.model_copy(update={"version": 2})
+    for conv, fp in (("v1", FP), ("v2", later)):
+        ledger.record(
+            "a", conv, fp, enrichment={}, body={}, usage=Usage(), cost=None, state=State.PENDING
+        )
+    assert ledger.get("a", "v1").version == 1 and ledger.get("a", "v1").fingerprint == FP
+    assert ledger.get("a", "v2").version == 2 and ledger.get("a", "v2").fingerprint == later
+    assert ledger.get("a", "v2").fingerprint != FP  # same hashes, computed another way
+    ledger.record(
+        "a", "v2", FP, enrichment={}, body={}, usage=Usage(), cost=None, state=State.PENDING
+    )
+    assert ledger.get("a", "v2").version == 1  # a fresh record replaces the version too
+
+
+def test_an_entry_of_another_fingerprint_version_is_enriched_afresh(
+    fake_llm, fake_chatdash, tmp_path
+):
+    config = ledger_config(fake_llm, fake_chatdash, tmp_path)
+    with Enricher(config) as e:
+        e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
+    conn = sqlite3.connect(config.ledger.path)
+    with conn:
+        conn.execute("UPDATE conversations SET fingerprint_version = 99")
+    conn.close()
+    with Enricher(config) as e:
+        result = e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
+        assert not result.reused and len(fake_llm.requests) == 2
+        assert e.ledger.get("agent-1", "conv-1").version == 1

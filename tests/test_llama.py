@@ -190,12 +190,12 @@ def test_json_object_response_format_is_accepted(llama_server):
         {"role": "system", "content": "Answer with one JSON object: a greeting and ok true."},
         {"role": "user", "content": "Say hello."},
     ]
-    request = llm._request(messages, schema)
+    request = llm.request_body(messages, schema)
     assert request["response_format"] == {"type": "json_object", "schema": schema}
 
     async def send() -> Any:
         try:
-            client = llm._client()
+            client = llm.client()
             return await client.chat.completions.with_raw_response.create(**request)
         finally:
             await llm.aclose()

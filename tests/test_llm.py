@@ -244,3 +244,38 @@ def test_invented_queries_are_dropped_counted_and_never_written(fake_llm, fake_c
     (put,) = fake_chatdash.puts
     assert put[3]["mistunderstoodQueries"] == [{"question": queries[0]["question"]}]
     assert "bitcoin" not in json.dumps(put[3])
+
+
+@pytest.mark.parametrize("status", [408, 409, 504])
+def test_the_shared_transient_statuses_are_retried(fake_llm, status):
+    fake_llm.add(Reply.failure(status, headers={"retry-after": "0"}), Reply.json(answer()))
+    with enricher(fake_llm, llm={"max_retries": 1}) as e:
+        assert e.enrich(TRANSCRIPT).attempts == 1
+    assert len(fake_llm.requests) == 2
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_permanent_statuses_are_not_retried(fake_llm, status):
+    fake_llm.add(Reply.failure(status))
+    with enricher(fake_llm, llm={"max_retries": 2}) as e:
+        with pytest.raises(LLMTransportError) as info:
+            e.enrich(TRANSCRIPT)
+    assert len(fake_llm.requests) == 1 and info.value.status_code == status
+
+
+def test_retry_after_in_seconds_is_honoured(fake_llm):
+    import time
+
+    fake_llm.add(Reply.failure(503, headers={"retry-after": "1"}), Reply.json(answer()))
+    with enricher(fake_llm, llm={"max_retries": 1}) as e:
+        start = time.monotonic()
+        e.enrich(TRANSCRIPT)
+    assert time.monotonic() - start >= 0.9
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_answer_is_reasked(fake_llm, mode):
+    fake_llm.add(Reply.text(""), Reply.json(answer()))
+    with enricher(fake_llm, llm={"mode": mode}) as e:
+        assert e.enrich(TRANSCRIPT).attempts == 2
+    assert "the answer was empty" in fake_llm.requests[1]["messages"][-1]["content"]

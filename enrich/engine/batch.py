@@ -257,7 +257,7 @@ async def estimate_many(
         try:
             if conversation_id is None:
                 conversation_id = await enricher.aresolve(item.agent_id, item.platform_id or "")
-            if not force and enricher.written_result(item.agent_id, conversation_id):
+            if not force and await enricher.awritten_result(item.agent_id, conversation_id):
                 yield EstimateRow(
                     agent_id=item.agent_id,
                     conversation_id=conversation_id,

@@ -7,22 +7,23 @@ answer is validated. Rows that fail validation, were refused or cut off, or are 
 asked again directly (with the validation errors fed back); calls too long for one request use
 the direct map-reduce path. Then each result is kept in the ledger and written back, as in a
 direct batch. Yields a :class:`~enrich.batch.BatchResult` for every item.
+
+This module orchestrates (which rows, the ledger, re-asks, writes); the Batch API calls are the
+LLM adapter's :class:`~enrich.llm.BatchAPI`, and a row is read and validated by
+:mod:`enrich.llm.wire`, exactly as a direct answer is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..errors import EnrichError, LLMError
 from ..ledger import State
-from ..llm import LLMResult, format_validation_errors
+from ..llm import Answer, BatchAPI, BatchRequest, LLMResult, reask_messages, validate
 from ..models.enrichment import Enrichment
 from ..models.results import BadItem, BatchItem, BatchResult
 from ..models.transcript import Transcript
@@ -38,7 +39,6 @@ log = logging.getLogger("enrich.batchapi")
 
 #: The Batch API's price, as a share of the direct price.
 BATCH_DISCOUNT = 0.5
-_DONE = {"completed", "failed", "expired", "cancelled"}
 
 
 class _Job:
@@ -88,7 +88,7 @@ async def run_via_batch_api(
                 item.agent_id, item.platform_id or ""
             )
             if write and not force and item.transcript is None:
-                done = enricher.written_result(item.agent_id, conversation_id)
+                done = await enricher.awritten_result(item.agent_id, conversation_id)
                 if done is not None:
                     yield BatchResult(
                         agent_id=item.agent_id,
@@ -117,11 +117,11 @@ async def run_via_batch_api(
     # 2. one batch for everything that fits one request; a job an interrupted run left open
     #    (recorded in the ledger) is collected instead of being paid for again
     ledger = enricher.ledger
-    outputs: dict[tuple[str, str], dict[str, Any]] = {}
+    outputs: dict[tuple[str, str], Answer | None] = {}  # None: a row answered with an error
     if jobs:
-        client = llm._client()
+        batch_api = BatchAPI(llm)
         adopted: dict[str, tuple[str, str]] = {}
-        open_jobs = ledger.open_batch_jobs() if ledger is not None and not force else {}
+        open_jobs = await ledger.aopen_batch_jobs() if ledger is not None and not force else {}
         for batch_id, rows in open_jobs.items():
             for custom_id, key in rows.items():
                 adopted["|".join(key)] = (batch_id, custom_id)
@@ -132,68 +132,45 @@ async def run_via_batch_api(
                 fresh.append(job)
         try:
             if fresh:
-                lines = [
-                    json.dumps(
-                        {
-                            "custom_id": str(job.index),
-                            "method": "POST",
-                            "url": "/v1/chat/completions",
-                            "body": llm._request(job.messages, job.profile.schema),
-                        },
-                        ensure_ascii=False,
-                    )
-                    for job in fresh
-                ]
-                upload = await client.files.create(
-                    file=("enrich-batch.jsonl", ("\n".join(lines) + "\n").encode()),
-                    purpose="batch",
-                )
-                created = await client.batches.create(
-                    input_file_id=upload.id,
-                    endpoint="/v1/chat/completions",
-                    completion_window="24h",
+                batch_id = await batch_api.submit(
+                    BatchRequest(str(job.index), job.messages, job.profile.schema) for job in fresh
                 )
                 if ledger is not None:  # recorded before anything can interrupt the wait
-                    ledger.record_batch_job(
-                        created.id, {str(job.index): _key(enricher, job) for job in fresh}
+                    await ledger.arecord_batch_job(
+                        batch_id, {str(job.index): _key(enricher, job) for job in fresh}
                     )
                 log.warning(
                     "Batch API job %s created for %d conversations; if interrupted, run the "
                     "same command again to collect it",
-                    created.id,
+                    batch_id,
                     len(fresh),
                 )
                 for job in fresh:
-                    job.source = (created.id, str(job.index))
+                    job.source = (batch_id, str(job.index))
             pending = sorted({job.source[0] for job in jobs if job.source})
             for batch_id in pending:
-                status = await client.batches.retrieve(batch_id)
-                while status.status not in _DONE:
+                status = await batch_api.status(batch_id)
+                while not status.done:
                     if stop is not None and stop.is_set():
                         return  # the job stays open in the ledger for the next run
                     await asyncio.sleep(poll_seconds)
-                    status = await client.batches.retrieve(batch_id)
+                    status = await batch_api.status(batch_id)
                     if on_progress is not None:
-                        counts = status.request_counts
                         on_progress(
                             {
                                 "id": status.id,
                                 "status": status.status,
-                                "completed": counts.completed if counts else 0,
-                                "failed": counts.failed if counts else 0,
-                                "total": counts.total if counts else len(jobs),
+                                "completed": status.completed,
+                                "failed": status.failed,
+                                "total": len(jobs) if status.total is None else status.total,
                             }
                         )
                 if status.status != "completed":
                     log.warning(
                         "batch %s ended %s: asking its rows directly", batch_id, status.status
                     )
-                if status.output_file_id:
-                    content = await client.files.content(status.output_file_id)
-                    for line in content.text.splitlines():
-                        if line.strip():
-                            row = json.loads(line)
-                            outputs[(batch_id, row["custom_id"])] = row
+                for custom_id, answer in (await batch_api.answers(status)).items():
+                    outputs[(batch_id, custom_id)] = answer
         except Exception as exc:  # noqa: BLE001 - fall back to direct calls, say why
             log.warning("the Batch API failed (%s): asking directly", exc)
 
@@ -201,9 +178,10 @@ async def run_via_batch_api(
     semaphore = asyncio.Semaphore(max(1, enricher.config.llm.part_concurrency))
 
     async def settle(job: _Job) -> BatchResult:
-        row = outputs.get(job.source) if job.source else None
+        row = job.source is not None and job.source in outputs  # the batch attempted it
         try:
-            answer, batch_usage = await _answer(enricher, job, row, semaphore)
+            batch_answer = outputs.get(job.source) if job.source else None
+            answer, batch_usage = await _answer(enricher, job, batch_answer, semaphore)
             direct_usage = answer.usage
             model = answer.model
             usage = batch_usage + direct_usage
@@ -215,7 +193,7 @@ async def run_via_batch_api(
                 raw_outputs=answer.raw_outputs,
                 model=model,
             )
-            result = enricher.finish(
+            result = await enricher.afinish(
                 job.parsed,
                 answer,
                 job.item.agent_id,
@@ -241,58 +219,42 @@ async def run_via_batch_api(
         yield await done
     if ledger is not None:  # every row of these jobs is now kept in the ledger
         consumed = {job.source for job in jobs if job.source}
-        for batch_id, rows in ledger.open_batch_jobs().items():
+        for batch_id, rows in (await ledger.aopen_batch_jobs()).items():
             if all((batch_id, custom_id) in consumed for custom_id in rows):
-                ledger.close_batch_job(batch_id, "collected")
+                await ledger.aclose_batch_job(batch_id, "collected")
     for item in direct:
         yield await enrich_item(enricher, item, write=write, force=force)
 
 
 async def _answer(
-    enricher: EnricherCore, job: _Job, row: dict[str, Any] | None, semaphore: asyncio.Semaphore
+    enricher: EnricherCore, job: _Job, row: Answer | None, semaphore: asyncio.Semaphore
 ) -> tuple[LLMResult[Enrichment], Usage]:
-    """The validated answer for one job: the batch's row if it is valid, else a direct re-ask
-    (with the row's validation errors fed back when there was a row)."""
-    llm = enricher.llm
+    """The validated answer for one job: the batch's row if it is valid (read and validated as
+    a direct answer is), else a direct re-ask (with the row's validation errors fed back when
+    there was a usable row)."""
     spec = job.profile.spec
     context = spec.context()
     messages = list(job.messages)
     batch_usage = Usage()
-    if row is not None and (row.get("response") or {}).get("status_code") == 200:
-        from openai.types.chat import ChatCompletion
-
-        completion = ChatCompletion.model_validate(row["response"]["body"])
-        batch_usage = Usage.from_openai(completion.usage)
-        choice = completion.choices[0] if completion.choices else None
-        message = choice.message if choice else None
-        calls = (
-            [c for c in (message.tool_calls or []) if getattr(c, "function", None)]
-            if message
-            else []
-        )
-        text = (
-            calls[0].function.arguments if calls else ((message.content if message else "") or "")
-        )
-        usable = choice is not None and choice.finish_reason not in ("length", "content_filter")
-        if usable and not getattr(message, "refusal", None):
-            try:
-                value = spec.output_model().model_validate_json(text, context=context)
+    if row is not None:
+        batch_usage = row.usage
+        if row.usable:
+            checked = validate(row.text, spec.output_model(), context=context)
+            if checked.ok and checked.value is not None:
                 return (
                     LLMResult(
-                        value=value,
+                        value=checked.value,
                         usage=Usage(),
                         attempts=0,
-                        raw_outputs=[text],
-                        model=completion.model or enricher.config.llm.model,
+                        raw_outputs=[row.text],
+                        model=row.model or enricher.config.llm.model,
                     ),
                     batch_usage,
                 )
-            except ValidationError as exc:
-                errors = format_validation_errors(exc)
-                messages += llm._feedback(message, calls, text, job.profile.prompts.reask(errors))
+            messages += reask_messages(row, job.profile.prompts.reask(checked.errors))
     async with semaphore:
         try:
-            answer = await llm.complete(
+            answer = await enricher.llm.complete(
                 messages,
                 output=spec.output_model(),
                 schema=job.profile.schema,

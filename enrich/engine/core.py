@@ -21,10 +21,10 @@ from ..chatdash import ChatDash, conversation_path
 from ..config import Config, load_config
 from ..errors import ChatDashError, ConfigError
 from ..formats import parse_transcript
-from ..ledger import Ledger, LedgerEntry, State, default_ledger_path
+from ..ledger import LedgerBackend, LedgerEntry, State, default_ledger_path, open_ledger
 from ..llm import LLMResult, RateLimiter, StructuredLLM, get_counter
 from ..models.enrichment import Enrichment, ground_queries
-from ..models.fingerprint import Fingerprint
+from ..models.fingerprint import FINGERPRINT_VERSION, Fingerprint
 from ..models.results import CostEstimate, EnrichmentResult, ReplayReport
 from ..models.transcript import Transcript
 from ..models.usage import Usage
@@ -79,8 +79,8 @@ class EnricherCore:
         #: The synchronous face: a private event loop in a daemon thread.
         self.sync = LoopThread()
         ledger = self.config.ledger
-        self.ledger: Ledger | None = (
-            Ledger(ledger.path or default_ledger_path()) if ledger.enabled else None
+        self.ledger: LedgerBackend | None = (
+            open_ledger(ledger.path or default_ledger_path()) if ledger.enabled else None
         )
 
     @classmethod
@@ -181,15 +181,15 @@ class EnricherCore:
             "conversation_id": conversation_id,
         }
 
-        def stored() -> tuple[EnrichmentResult, LedgerEntry] | None:
-            entry = ledger.get(agent_id, conversation_id)  # type: ignore[union-attr,arg-type]
+        async def stored() -> tuple[EnrichmentResult, LedgerEntry] | None:
+            entry = await ledger.aget(agent_id, conversation_id)  # type: ignore[union-attr,arg-type]
             if entry is None or entry.fingerprint != fingerprint:
                 return None
             result = _from_ledger(entry, **base)
             result.update = profile.update(result.enrichment, parsed)  # today's write.fields
             return result, entry
 
-        if ledger is not None and not force and (found := stored()) is not None:
+        if ledger is not None and not force and (found := await stored()) is not None:
             return found
         if ledger is None:
             result = await self._ask_and_finish(parsed, profile, agent_id, conversation_id, state)
@@ -200,10 +200,10 @@ class EnricherCore:
         s = self.config.llm
         lease = s.timeout * (s.max_retries + 1) * (s.max_reasks + 1) + 60
         waited = 0.0
-        while not ledger.begin(agent_id, conversation_id, held, lease):  # type: ignore[arg-type]
+        while not await ledger.abegin(agent_id, conversation_id, held, lease):  # type: ignore[arg-type]
             await asyncio.sleep(0.25)
             waited += 0.25
-            if not force and (found := stored()) is not None:
+            if not force and (found := await stored()) is not None:
                 return found
             if waited > lease:
                 break
@@ -211,7 +211,7 @@ class EnricherCore:
             result = await self._ask_and_finish(parsed, profile, agent_id, conversation_id, state)
             return result, None
         finally:
-            ledger.end(agent_id, conversation_id)  # type: ignore[arg-type]
+            await ledger.aend(agent_id, conversation_id)  # type: ignore[arg-type]
 
     async def _ask_and_finish(
         self,
@@ -222,7 +222,7 @@ class EnricherCore:
         state: State,
     ) -> EnrichmentResult:
         answer, strategy, parts, tokens = await self._ask(parsed, profile)
-        return self.finish(
+        return await self.afinish(
             parsed,
             answer,
             agent_id,
@@ -233,7 +233,7 @@ class EnricherCore:
             state=state,
         )
 
-    def finish(
+    async def afinish(
         self,
         parsed: Transcript,
         answer: LLMResult[Enrichment],
@@ -271,7 +271,7 @@ class EnricherCore:
             conversation_id=conversation_id,
         )
         if self.ledger is not None and agent_id and conversation_id:
-            self.ledger.record(
+            await self.ledger.arecord(
                 agent_id,
                 conversation_id,
                 profile.fingerprint(parsed),
@@ -320,17 +320,13 @@ class EnricherCore:
             await self.chatdash.update_conversation(agent_id, conversation_id, result.update)
         except ChatDashError as exc:
             if self.ledger is not None:
-                permanent = exc.status_code is not None and 400 <= exc.status_code < 500
-                self.ledger.write_failed(
-                    agent_id,
-                    conversation_id,
-                    str(exc),
-                    permanent=permanent and exc.status_code != 429,
+                await self.ledger.awrite_failed(
+                    agent_id, conversation_id, str(exc), permanent=exc.permanent
                 )
             exc.result = result  # paid for: hand it back with the error
             raise
         if self.ledger is not None:
-            self.ledger.written(agent_id, conversation_id, result.update)
+            await self.ledger.awritten(agent_id, conversation_id, result.update)
         return result.model_copy(update={"written": True})
 
     async def afetch(self, agent_id: str, conversation_id: str) -> Transcript:
@@ -367,7 +363,7 @@ class EnricherCore:
         self.chatdash.check()  # a write that cannot happen is known before the LLM is paid
         if transcript is None:
             if skip_written and not force:
-                done = self.written_result(agent_id, conversation_id)
+                done = await self.awritten_result(agent_id, conversation_id)
                 if done is not None:
                     return done
             parsed = await self.afetch(agent_id, conversation_id)
@@ -378,23 +374,25 @@ class EnricherCore:
         )
         if entry is not None and self.ledger is not None:
             if entry.state == State.WRITTEN and entry.body == result.update:
-                self.ledger.note(agent_id, conversation_id, "skipped", {"why": "already written"})
+                await self.ledger.anote(
+                    agent_id, conversation_id, "skipped", {"why": "already written"}
+                )
                 return result.model_copy(update={"written": True, "already_written": True})
-            self.ledger.queue(agent_id, conversation_id, result.update, "reused")
+            await self.ledger.aqueue(agent_id, conversation_id, result.update, "reused")
         return await self.awrite(result)
 
-    def written_result(self, agent_id: str, conversation_id: str) -> EnrichmentResult | None:
+    async def awritten_result(self, agent_id: str, conversation_id: str) -> EnrichmentResult | None:
         """The ledger's result for a conversation written with the current model, prompts and
         taxonomy: a batch that resumes skips it without even fetching its transcript."""
         if self.ledger is None:
             return None
-        entry = self.ledger.get(agent_id, conversation_id)
-        if entry is None or entry.state != State.WRITTEN:
+        entry = await self.ledger.aget(agent_id, conversation_id)
+        if entry is None or entry.state != State.WRITTEN or entry.version != FINGERPRINT_VERSION:
             return None
         current = self.fingerprint_static(agent_id)
         if (entry.model, entry.prompt_hash, entry.taxonomy_hash) != current:
             return None
-        self.ledger.note(agent_id, conversation_id, "skipped", {"why": "already written"})
+        await self.ledger.anote(agent_id, conversation_id, "skipped", {"why": "already written"})
         return _from_ledger(entry, written=True, already_written=True)
 
     async def areplay(self, *, include_failed: bool = False) -> ReplayReport:
@@ -406,10 +404,10 @@ class EnricherCore:
         states = [State.PENDING] + ([State.FAILED] if include_failed else [])
         report = ReplayReport()
         if not include_failed:
-            report.refused_waiting = len(self.ledger.entries(State.FAILED))
+            report.refused_waiting = len(await self.ledger.aentries(State.FAILED))
         for state in states:
-            for entry in self.ledger.entries(state):
-                if not self.ledger.claim(entry.agent_id, entry.conversation_id):
+            for entry in await self.ledger.aentries(state):
+                if not await self.ledger.aclaim(entry.agent_id, entry.conversation_id):
                     report.skipped += 1
                     continue
                 try:

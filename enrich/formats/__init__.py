@@ -12,8 +12,6 @@ envelope; Vapi: the ``end-of-call-report`` message; ElevenLabs: ``conversation_i
 A new format is one module here that calls :func:`register_format`, imported below.
 """
 
-# import order = detection order
-from . import chat, chatdash, elevenlabs, retell, text, vapi  # noqa: E402,F401,I001
 from ._registry import (
     DEFAULT_MAX_BYTES,
     TranscriptFormat,
@@ -22,6 +20,11 @@ from ._registry import (
     read_transcript,
     register_format,
 )
+
+# isort: off
+# The import order is the detection order: each module registers its format when imported.
+from . import text, chat, chatdash, elevenlabs, retell, vapi  # noqa: E402,F401
+# isort: on
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

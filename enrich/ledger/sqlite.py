@@ -1,20 +1,11 @@
-"""The ledger: what happened to each conversation, in an embedded SQLite database.
+"""The ledger in an embedded SQLite database: one file, shared by threads and processes.
 
-Every enrichment is stored the moment the LLM's answer is validated, before any write is tried,
-so a result that was paid for survives a failed write, a crash or a ``kill -9``. For each
-conversation it keeps the inputs' fingerprints (transcript, model, prompts, taxonomy), the
-enrichment, the tokens and cost, the PUT body, and the write's state:
-
-``enriched``  paid for, not asked to be written (``--dry-run``)
-``pending``   to be written: not yet tried, or failed for a reason that may pass (replay it)
-``written``   ChatDash took it
-``failed``    ChatDash refused it (4xx): replay it with ``--failed`` once the cause is fixed
-
-Every step is also appended to an ``events`` table, the conversation's history.
-
-Several processes may share one ledger (a webhook fleet, a batch and a replay): the database
-runs in WAL mode, every change is one short ``BEGIN IMMEDIATE`` transaction, and ``replay``
-claims rows with a lease so two replays do not send the same write at once.
+It keeps the semantics of :class:`~enrich.ledger.base.LedgerBackend` this way: the database runs
+in WAL mode (readers never wait for the writer, and a killed process loses no committed
+change), every change is one short ``BEGIN IMMEDIATE`` transaction (a writer waits up to 30 s
+for another's lock), and each thread of each process has its own connection, opened on first
+use, when the schema's missing migrations (:mod:`enrich.ledger.migrations`) are applied. A ledger
+written by release 0.1 is upgraded in place the first time it is opened.
 """
 
 from __future__ import annotations
@@ -27,73 +18,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, Field
 
 from ..errors import ConfigError
 from ..models.fingerprint import Fingerprint
 from ..models.usage import Usage
+from .base import LedgerBackend, LedgerEntry, LedgerEvent, State
+from .migrations import migrate
 
-__all__ = ["Ledger", "LedgerEntry", "LedgerEvent", "State", "Fingerprint", "default_ledger_path"]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    agent_id        TEXT NOT NULL,
-    conversation_id TEXT NOT NULL,
-    transcript_hash TEXT NOT NULL,
-    model           TEXT NOT NULL,
-    prompt_hash     TEXT NOT NULL,
-    taxonomy_hash   TEXT NOT NULL,
-    enrichment      TEXT NOT NULL,
-    body            TEXT NOT NULL,
-    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_tokens     INTEGER NOT NULL DEFAULT 0,
-    requests          INTEGER NOT NULL DEFAULT 0,
-    cost            REAL,
-    state           TEXT NOT NULL CHECK (state IN ('enriched', 'pending', 'written', 'failed')),
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    last_error      TEXT,
-    claimed_until   REAL,
-    created_at      TEXT NOT NULL,
-    updated_at      TEXT NOT NULL,
-    written_at      TEXT,
-    PRIMARY KEY (agent_id, conversation_id)
-);
-CREATE INDEX IF NOT EXISTS conversations_state ON conversations (state);
-CREATE TABLE IF NOT EXISTS events (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    agent_id        TEXT NOT NULL,
-    conversation_id TEXT NOT NULL,
-    at              TEXT NOT NULL,
-    event           TEXT NOT NULL,
-    detail          TEXT
-);
-CREATE INDEX IF NOT EXISTS events_conversation ON events (conversation_id, agent_id);
-CREATE TABLE IF NOT EXISTS inflight (
-    agent_id        TEXT NOT NULL,
-    conversation_id TEXT NOT NULL,
-    fingerprint     TEXT NOT NULL,
-    until           REAL NOT NULL,
-    PRIMARY KEY (agent_id, conversation_id)
-);
-CREATE TABLE IF NOT EXISTS batch_jobs (
-    batch_id   TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    status     TEXT NOT NULL,
-    rows       TEXT NOT NULL
-);
-"""
-
-
-class State(StrEnum):
-    ENRICHED = "enriched"
-    PENDING = "pending"
-    WRITTEN = "written"
-    FAILED = "failed"
+__all__ = ["SQLiteLedger", "default_ledger_path"]
 
 
 def default_ledger_path() -> Path:
@@ -107,36 +41,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class LedgerEntry(Fingerprint):
-    agent_id: str
-    conversation_id: str
-    enrichment: dict[str, Any]
-    body: dict[str, Any]
-    usage: Usage
-    cost: float | None = None
-    state: State
-    attempts: int = 0
-    last_error: str | None = None
-    created_at: str
-    updated_at: str
-    written_at: str | None = None
-
-    @property
-    def fingerprint(self) -> Fingerprint:
-        return Fingerprint(
-            transcript_hash=self.transcript_hash,
-            model=self.model,
-            prompt_hash=self.prompt_hash,
-            taxonomy_hash=self.taxonomy_hash,
-        )
-
-
-class LedgerEvent(BaseModel):
-    at: str
-    event: str
-    detail: dict[str, Any] = Field(default_factory=dict)
-
-
 def _entry(row: sqlite3.Row) -> LedgerEntry:
     data = dict(row)
     usage = Usage(
@@ -146,12 +50,28 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         requests=data.pop("requests"),
     )
     data.pop("claimed_until", None)
+    data["version"] = data.pop("fingerprint_version")
     data["enrichment"] = json.loads(data["enrichment"])
     data["body"] = json.loads(data["body"])
     return LedgerEntry(usage=usage, **data)
 
 
-class Ledger:
+def _wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Put the database in WAL mode. On a fresh file, processes opening it at once race to
+    switch it, and the losers are told "database is locked" at once, without the busy
+    timeout's wait: they wait here instead, then find it switched."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+class SQLiteLedger(LedgerBackend):
     """One ledger file. Safe to share between threads and between processes."""
 
     def __init__(self, path: str | Path, *, lease_seconds: float = 300.0) -> None:
@@ -160,7 +80,11 @@ class Ledger:
         self._local = threading.local()
 
     def __repr__(self) -> str:
-        return f"Ledger({str(self.path)!r})"
+        return f"{type(self).__name__}({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "lease_seconds": self.lease_seconds}
@@ -170,18 +94,28 @@ class Ledger:
 
     # -- connection -----------------------------------------------------------------------------
 
+    def _open(self) -> sqlite3.Connection:
+        """A new connection, its schema brought up to date."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            _wal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: survives a killed process
+            migrate(conn, self.location)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (a process never uses one it inherited from its parent)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             return conn
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: survives a killed process
-            conn.executescript(SCHEMA)
+            conn = self._open()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{self.path}: cannot open the ledger: {exc}") from None
         except OSError as exc:
@@ -300,13 +234,14 @@ class Ledger:
                 """
                 INSERT INTO conversations (
                     agent_id, conversation_id, transcript_hash, model, prompt_hash, taxonomy_hash,
-                    enrichment, body, prompt_tokens, completion_tokens, cached_tokens, requests,
-                    cost, state, attempts, last_error, claimed_until, created_at, updated_at,
-                    written_at
-                ) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,NULL,NULL,?,?,NULL)
+                    fingerprint_version, enrichment, body, prompt_tokens, completion_tokens,
+                    cached_tokens, requests, cost, state, attempts, last_error, claimed_until,
+                    created_at, updated_at, written_at
+                ) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,NULL,NULL,?,?,NULL)
                 ON CONFLICT (agent_id, conversation_id) DO UPDATE SET
                     transcript_hash = excluded.transcript_hash, model = excluded.model,
                     prompt_hash = excluded.prompt_hash, taxonomy_hash = excluded.taxonomy_hash,
+                    fingerprint_version = excluded.fingerprint_version,
                     enrichment = excluded.enrichment, body = excluded.body,
                     prompt_tokens = excluded.prompt_tokens,
                     completion_tokens = excluded.completion_tokens,
@@ -322,6 +257,7 @@ class Ledger:
                     fingerprint.model,
                     fingerprint.prompt_hash,
                     fingerprint.taxonomy_hash,
+                    fingerprint.version,
                     json.dumps(enrichment, ensure_ascii=False),
                     json.dumps(body, ensure_ascii=False),
                     usage.prompt_tokens,

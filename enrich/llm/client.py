@@ -9,26 +9,28 @@
 
 An answer that fails validation is sent back with the errors (``reask.j2``) up to
 ``max_reasks`` times. A refusal or a truncated answer is an error at once: asking again would
-only pay for the same answer. Transport faults (429, 5xx, timeouts, dropped connections) are
-retried ``max_retries`` times with backoff that honours ``Retry-After``, by enrich rather than by
-the SDK (whose own retries are off, so they never multiply): each try goes through the optional
-:class:`~enrich.ratelimit.RateLimiter`, and a 429 pauses every caller sharing it. Usage is
-summed over every attempt and travels with the result or the error.
+only pay for the same answer. Transport faults (the transient statuses of :mod:`enrich._http`,
+timeouts, dropped connections) are retried ``max_retries`` times with backoff that honours
+``Retry-After``, by enrich rather than by the SDK (whose own retries are off, so they never
+multiply): each try goes through the optional :class:`~enrich.ratelimit.RateLimiter`, and a 429
+pauses every caller sharing it. Usage is summed over every attempt and travels with the result
+or the error.
+
+What is sent and how an answer is read, validated and corrected is :mod:`enrich.llm.wire`,
+shared with the Batch API path (:mod:`enrich.llm.batches`); this module sends and retries.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from .._http import backoff, is_transient, retry_after
 from .._perloop import PerLoop
 from ..config import LLMSettings
 from ..errors import (
@@ -39,10 +41,12 @@ from ..errors import (
     LLMTruncatedError,
     LLMValidationError,
     redact,
+    validation_errors,
 )
 from ..models.usage import Usage
 from .ratelimit import RateLimiter
 from .tokens import get_counter
+from .wire import TOOL_NAME, read_answer, reask_messages, request_body, validate
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -53,9 +57,10 @@ log = logging.getLogger("enrich.llm")
 
 T = TypeVar("T", bound=BaseModel)
 
-TOOL_NAME = "record_enrichment"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
-_FENCED = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+
+#: One line per problem of a pydantic ``ValidationError`` (:func:`enrich.errors.validation_errors`).
+format_validation_errors = validation_errors
 
 
 @dataclass
@@ -69,19 +74,6 @@ class LLMResult(Generic[T]):
     model: str = ""
 
 
-def format_validation_errors(exc: ValidationError) -> list[str]:
-    """One line per problem: ``evaluation.is_success: Field required``."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return lines
-
-
-_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
 @dataclass
 class LLMStats:
     """Counts over the life of one :class:`StructuredLLM` (all its calls)."""
@@ -89,28 +81,6 @@ class LLMStats:
     requests: int = 0
     rate_limited: int = 0
     retries: int = 0
-
-
-def _retry_after(response: Any) -> float | None:
-    headers = getattr(response, "headers", None) or {}
-    try:
-        if headers.get("retry-after-ms"):
-            return float(headers["retry-after-ms"]) / 1000
-        if headers.get("retry-after"):
-            return float(headers["retry-after"])
-    except ValueError:
-        return None
-    return None
-
-
-def _backoff(retry: int) -> float:
-    base = min(8.0, 0.5 * 2**retry)
-    return random.uniform(base / 2, base)
-
-
-def _strip_fences(text: str) -> str:
-    m = _FENCED.match(text)
-    return m.group(1) if m else text
 
 
 class StructuredLLM:
@@ -149,7 +119,10 @@ class StructuredLLM:
                 "server that needs none)"
             )
 
-    def _client(self) -> AsyncOpenAI:
+    def client(self) -> AsyncOpenAI:
+        """The ``openai`` SDK client of the running event loop (made on first use), with the
+        SDK's own retries off: :meth:`complete` retries, and :class:`~enrich.llm.BatchAPI`
+        uses it as it is."""
         return self._clients.get(self._new_client)
 
     def _new_client(self) -> AsyncOpenAI:
@@ -171,36 +144,20 @@ class StructuredLLM:
 
     # ------------------------------------------------------------------------------------------
 
-    def _request(self, messages: list[dict[str, Any]], schema: dict[str, Any]) -> dict[str, Any]:
+    def request_body(
+        self, messages: list[dict[str, Any]], schema: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The body of one chat completion request for ``messages``, asking for ``schema`` in
+        the configured mode (:func:`enrich.llm.wire.request_body`)."""
         s = self.settings
-        kwargs: dict[str, Any] = {
-            "model": s.model,
-            "messages": messages,
-            "max_tokens": s.max_tokens,
-        }
-        if s.temperature is not None:
-            kwargs["temperature"] = s.temperature
-        if s.mode == "json_schema":
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "enrichment", "strict": True, "schema": schema},
-            }
-        elif s.mode == "json_object":
-            kwargs["response_format"] = {"type": "json_object", "schema": schema}
-        else:
-            kwargs["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": TOOL_NAME,
-                        "description": "Record the analytics of the conversation.",
-                        "parameters": schema,
-                        "strict": True,
-                    },
-                }
-            ]
-            kwargs["tool_choice"] = {"type": "function", "function": {"name": TOOL_NAME}}
-        return kwargs
+        return request_body(
+            messages,
+            schema,
+            model=s.model,
+            mode=s.mode,
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+        )
 
     def _transport_error(
         self, exc: Exception, attempts: int, usage: Usage, raw: list[str]
@@ -260,7 +217,7 @@ class StructuredLLM:
         """Ask until ``output`` validates (with ``context``), or raise an :class:`LLMError`."""
         import openai
 
-        client = self._client()
+        client = self.client()
         messages = list(messages)
         usage = Usage()
         raw_outputs: list[str] = []
@@ -269,32 +226,28 @@ class StructuredLLM:
         while True:
             attempts += 1
             try:
-                response = await self._send(client, self._request(messages, schema))
+                response = await self._send(client, self.request_body(messages, schema))
             except openai.OpenAIError as exc:
                 raise self._transport_error(exc, attempts, usage, raw_outputs) from None
-            usage = usage + Usage.from_openai(response.usage)
-            if not response.choices:
+            answer = read_answer(response)
+            usage = usage + answer.usage
+            if not answer.has_choice:
                 raise LLMError(
                     "the LLM answered with no choices",
                     attempts=attempts,
                     usage=usage,
                     raw_outputs=raw_outputs,
                 )
-            choice = response.choices[0]
-            message = choice.message
-            tool_calls = [tc for tc in (message.tool_calls or []) if getattr(tc, "function", None)]
-            text = tool_calls[0].function.arguments if tool_calls else (message.content or "")
-            if text:
-                raw_outputs.append(text)
-            refusal = getattr(message, "refusal", None)
-            if refusal or choice.finish_reason == "content_filter":
+            if answer.text:
+                raw_outputs.append(answer.text)
+            if answer.refused:
                 raise LLMRefusalError(
-                    f"the model refused: {refusal or 'stopped by a content filter'}",
+                    f"the model refused: {answer.refusal or 'stopped by a content filter'}",
                     attempts=attempts,
                     usage=usage,
                     raw_outputs=raw_outputs,
                 )
-            if choice.finish_reason == "length":
+            if answer.truncated:
                 raise LLMTruncatedError(
                     f"the answer was cut off at llm.max_tokens={self.settings.max_tokens} "
                     "(finish_reason: length): raise llm.max_tokens",
@@ -302,35 +255,27 @@ class StructuredLLM:
                     usage=usage,
                     raw_outputs=raw_outputs,
                 )
-            try:
-                if not text.strip():
-                    raise ValueError("empty")
-                value = output.model_validate_json(_strip_fences(text), context=context)
-            except (ValidationError, ValueError) as exc:
-                errors = (
-                    format_validation_errors(exc)
-                    if isinstance(exc, ValidationError)
-                    else ["the answer was empty: return the JSON object"]
+            checked = validate(answer.text, output, context=context)
+            if checked.ok and checked.value is not None:
+                return LLMResult(
+                    value=checked.value,
+                    usage=usage,
+                    attempts=attempts,
+                    raw_outputs=raw_outputs,
+                    model=answer.model or self.settings.model,
                 )
-                log.info("attempt %d: invalid answer: %s", attempts, "; ".join(errors))
-                if attempts >= max_attempts:
-                    raise LLMValidationError(
-                        f"the answer was still invalid after {attempts} attempt(s): "
-                        + "; ".join(errors),
-                        errors=errors,
-                        attempts=attempts,
-                        usage=usage,
-                        raw_outputs=raw_outputs,
-                    ) from None
-                messages += self._feedback(message, tool_calls, text, reask(errors))
-                continue
-            return LLMResult(
-                value=value,
-                usage=usage,
-                attempts=attempts,
-                raw_outputs=raw_outputs,
-                model=response.model or self.settings.model,
-            )
+            errors = checked.errors
+            log.info("attempt %d: invalid answer: %s", attempts, "; ".join(errors))
+            if attempts >= max_attempts:
+                raise LLMValidationError(
+                    f"the answer was still invalid after {attempts} attempt(s): "
+                    + "; ".join(errors),
+                    errors=errors,
+                    attempts=attempts,
+                    usage=usage,
+                    raw_outputs=raw_outputs,
+                )
+            messages += reask_messages(answer, reask(errors))
 
     async def _send(self, client: AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
         """One request, paced by the rate limiter, retried on 429, 5xx, timeouts and dropped
@@ -358,16 +303,16 @@ class StructuredLLM:
                 status = exc.status_code
                 if status == 429:
                     self.stats.rate_limited += 1
-                if status not in _RETRY_STATUS or retry == self.settings.max_retries:
+                if not is_transient(status) or retry == self.settings.max_retries:
                     raise
-                delay = _retry_after(exc.response)
+                delay = retry_after(exc.response.headers)
                 if status == 429 and self.limiter is not None:
                     delay = self.limiter.penalize(delay)  # everyone waits, not just this call
-                delay = _backoff(retry) if delay is None else min(delay, 60.0)
+                delay = backoff(retry) if delay is None else min(delay, 60.0)
             except (openai.APITimeoutError, openai.APIConnectionError):
                 if retry == self.settings.max_retries:
                     raise
-                delay = _backoff(retry)
+                delay = backoff(retry)
             else:
                 if self.limiter is not None:
                     actual = response.usage.total_tokens if response.usage else estimate
@@ -377,29 +322,3 @@ class StructuredLLM:
             log.info("LLM request failed; retry %d in %.2fs", retry + 1, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def _feedback(
-        message: Any, tool_calls: list[Any], text: str, reask: str
-    ) -> list[dict[str, Any]]:
-        """The assistant's invalid answer and our correction, to append to the conversation."""
-        if tool_calls:
-            call = tool_calls[0]
-            return [
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": call.id,
-                            "type": "function",
-                            "function": {"name": call.function.name, "arguments": text},
-                        }
-                    ],
-                },
-                {"role": "tool", "tool_call_id": call.id, "content": reask},
-            ]
-        return [
-            {"role": "assistant", "content": text or json.dumps(None)},
-            {"role": "user", "content": reask},
-        ]

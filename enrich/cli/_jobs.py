@@ -1,0 +1,272 @@
+"""What ``batch`` and ``backfill`` share: their options, and running (or estimating) a job.
+
+The two commands differ only in where their items come from. Each declares its own
+parameters and takes a :class:`JobOptions`; :func:`job_command` gives it the options of
+:class:`JobOptions` on the command line, and :func:`run_job` does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import ConfigError, InputError
+from ._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ConfigOpt,
+    ModelOpt,
+    ModeOpt,
+    VerboseOpt,
+    err,
+    load_config,
+    out,
+)
+from ._progress import Progress, print_estimate, print_summary
+
+ConcurrencyOpt = Annotated[
+    int, typer.Option("--concurrency", "-j", min=1, max=1024, help="Conversations in flight.")
+]
+RpmOpt = Annotated[
+    float | None,
+    typer.Option("--rpm", min=1, help="LLM requests per minute to stay under.", show_default=False),
+]
+TpmOpt = Annotated[
+    float | None,
+    typer.Option("--tpm", min=1, help="LLM tokens per minute to stay under.", show_default=False),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write results to .jsonl, .csv or .parquet (- for JSON Lines on stdout).",
+        show_default=False,
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Enrich (and keep in the ledger), write nothing.")
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Ask the LLM again even for what the ledger holds.")
+]
+ViaOpt = Annotated[
+    str,
+    typer.Option(
+        "--via",
+        help="direct: call the LLM now; batch-api: one OpenAI Batch API job (half the price, "
+        "done within 24 h), invalid rows re-asked directly.",
+    ),
+]
+PollOpt = Annotated[
+    float, typer.Option("--poll-seconds", min=0.01, help="How often to poll a Batch API job.")
+]
+EstimateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--estimate",
+        help="Call no LLM: print what the job should cost (requests, tokens, USD at list price).",
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """The options of every job, in the order ``--help`` lists them (after the command's own)."""
+
+    concurrency: ConcurrencyOpt = 8
+    rpm: RpmOpt = None
+    tpm: TpmOpt = None
+    dry_run: DryRunOpt = False
+    output: OutputOpt = None
+    force: ForceOpt = False
+    via: ViaOpt = "direct"
+    poll_seconds: PollOpt = 10.0
+    estimate: EstimateOpt = False
+    config: ConfigOpt = None
+    model: ModelOpt = None
+    mode: ModeOpt = None
+    verbose: VerboseOpt = False
+
+
+def job_command(func: Callable[..., None]) -> Callable[..., None]:
+    """``func(<its own parameters>, job: JobOptions)`` as a command whose options are its own
+    parameters followed by those of :class:`JobOptions`, handed to it gathered in ``job``."""
+    hints = typing.get_type_hints(JobOptions, include_extras=True)
+    shared = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]
+        )
+        for f in dataclasses.fields(JobOptions)
+    ]
+    own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "job"]
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> None:
+        job = JobOptions(**{p.name: kwargs.pop(p.name) for p in shared})
+        func(**kwargs, job=job)
+
+    params = [*own, *shared]
+    command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+def run_job(
+    job: JobOptions,
+    items: Callable[[Any], Any],
+    *,
+    total: Callable[[], int | None] = lambda: None,
+    lists: bool = False,
+) -> int:
+    """Estimate the job, or run it; returns the exit code. ``items(enricher)`` makes its items
+    (``lists``: by listing ChatDash), ``total()`` counts them if it can."""
+    from ..engine import Enricher
+
+    config = load_config(job.config, model=job.model, mode=job.mode, rpm=job.rpm, tpm=job.tpm)
+    enricher = Enricher(config)
+    try:
+        count = total()
+        # listing needs ChatDash, even for an estimate
+        if lists or not (job.estimate or job.dry_run):
+            enricher.chatdash.check()
+        if job.estimate:
+            return _estimate(enricher, items(enricher), force=job.force, output=job.output)
+        return _drive(enricher, items(enricher), total=count, job=job)
+    finally:
+        enricher.close()
+
+
+def _estimate(enricher: Any, items: Any, *, force: bool, output: str | None) -> int:
+    """Estimate a job's cost without calling the LLM; write rows to ``output``."""
+    from ..engine.batch import estimate_many
+
+    async def collect() -> list[Any]:
+        return [row async for row in estimate_many(enricher, items, force=force)]
+
+    rows = enricher.sync.run(collect())
+    if output:
+        path = Path(output) if output != "-" else None
+        if path is not None and path.suffix.lower() not in (".jsonl", ".csv"):
+            raise ConfigError(f"{path}: an estimate is written as .jsonl or .csv")
+        text = "".join(r.model_dump_json() + "\n" for r in rows)
+        if path is not None and path.suffix.lower() == ".csv":
+            import csv
+            import io
+
+            buf = io.StringIO()
+            fields = list(type(rows[0]).model_fields) if rows else ["ok"]
+            writer = csv.DictWriter(buf, fieldnames=fields)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow(r.model_dump())
+            text = buf.getvalue()
+        if path is None:
+            out(text.rstrip())
+        else:
+            path.write_text(text, encoding="utf-8")
+    # the estimate is this command's output: stdout, unless the rows went there
+    print_estimate(enricher, rows, stderr=output == "-")
+    return EXIT_OK
+
+
+def _via(value: str) -> str:
+    if value not in ("direct", "batch-api"):
+        raise InputError(f"--via {value!r}: use direct or batch-api")
+    return value
+
+
+def _drive(
+    enricher: Any, items: Any, *, total: int | None, job: JobOptions, failures_shown: int = 10
+) -> int:
+    """Run a batch with progress, Ctrl-C handling and a summary; returns the exit code."""
+    import time
+
+    from ..models.results import BatchTotals
+    from ..resultfiles import open_writer
+
+    via = _via(job.via)
+    writer = open_writer(job.output) if job.output else None
+    totals = BatchTotals()
+    progress = Progress(total)
+
+    def on_progress(status: dict[str, Any]) -> None:
+        err(
+            f"enrich: batch {status['id']}: {status['status']}, "
+            f"{status['completed']}/{status['total']} done, {status['failed']} failed"
+        )
+
+    run = enricher.enrich_many(
+        items,
+        concurrency=job.concurrency,
+        write=not job.dry_run,
+        force=job.force,
+        via=via,
+        poll_seconds=job.poll_seconds,
+        on_progress=on_progress,
+    )
+    start = time.monotonic()
+    interrupted = False
+    shown = 0
+
+    def handle(result: Any) -> None:
+        nonlocal shown
+        totals.add(result)
+        if writer is not None:
+            writer.write(result)
+        if not result.ok and shown < failures_shown:
+            shown += 1
+            where = result.conversation_id or (f"line {result.line}" if result.line else "?")
+            err(f"enrich: failed: {where}: {result.error}")
+        progress.update(totals)
+
+    try:
+        results = iter(run)
+        while True:
+            # A Ctrl-C may land anywhere in this loop, not only while waiting: the first one
+            # stops taking new conversations, and the loop goes on collecting those in flight.
+            try:
+                try:
+                    result = next(results)
+                except StopIteration:
+                    break
+                handle(result)
+            except KeyboardInterrupt:
+                if interrupted:
+                    run.cancel()
+                    break
+                interrupted = True
+                run.stop()
+                err(
+                    "enrich: stopping: finishing the conversations in flight "
+                    "(Ctrl-C again to abandon them)"
+                )
+            except BrokenPipeError:
+                run.cancel()  # the reader of stdout is gone; what was paid for is in the ledger
+                raise
+    finally:
+        progress.update(totals, force=True)
+        progress.close()
+        if writer is not None:
+            try:
+                writer.close()
+            except BrokenPipeError:
+                pass
+    print_summary(totals, time.monotonic() - start)
+    if totals.failed > shown:
+        err(f"enrich: ... and {totals.failed - shown} more failures (see --output)")
+    if interrupted:
+        err(
+            "enrich: interrupted. Run the same command again to resume: what the ledger holds "
+            "is skipped and not paid for twice."
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_PARTIAL if totals.failed else EXIT_OK

@@ -1,0 +1,145 @@
+"""The ledger's commands: ``enrich replay``, ``enrich show`` and ``enrich ledger stats``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ..errors import ChatDashError, InputError
+from ._common import (
+    AgentOpt,
+    ConfigOpt,
+    JsonOpt,
+    VerboseOpt,
+    console,
+    err,
+    guard,
+    load_config,
+    open_ledger,
+    out,
+)
+
+ledger_app = typer.Typer(help="The ledger of enriched conversations.", no_args_is_help=True)
+
+
+def replay(
+    failed: Annotated[
+        bool,
+        typer.Option("--failed", help="Also resend writes ChatDash refused (after a fix)."),
+    ] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Send every pending write in the ledger again (no LLM call). Safe to run twice."""
+    with guard(verbose, as_json):
+        from ..engine import Enricher
+
+        enricher = Enricher(load_config(config))
+        try:
+            report = enricher.replay(include_failed=failed)
+        finally:
+            enricher.close()
+        if as_json:
+            out(json.dumps({"ok": not report.failed, **report.model_dump()}))
+        else:
+            out(
+                f"written: {report.written}, failed: {len(report.failed)}, "
+                f"skipped (another process had them): {report.skipped}"
+            )
+        for line in report.failed:
+            err(f"enrich: {line}")
+        if report.refused_waiting:
+            err(
+                f"enrich: {report.refused_waiting} write(s) ChatDash refused wait in the ledger: "
+                "fix the cause, then `enrich replay --failed`"
+            )
+        if report.failed:
+            raise ChatDashError(f"{len(report.failed)} write(s) failed again; still in the ledger")
+
+
+def show(
+    conversation_id: Annotated[
+        str, typer.Option("--conversation-id", "-C", help="ChatDash conversation id.")
+    ],
+    agent_id: AgentOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print what the ledger knows about a conversation: its state, enrichment and history."""
+    with guard(verbose, as_json):
+        ledger = open_ledger(load_config(config))
+        entries = ledger.find(conversation_id, agent_id)
+        if not entries:
+            raise InputError(
+                f"conversation {conversation_id} is not in the ledger ({ledger.location})"
+            )
+        found = []
+        for entry in entries:
+            history = ledger.history(entry.agent_id, entry.conversation_id)
+            found.append(
+                {**entry.model_dump(mode="json"), "history": [h.model_dump() for h in history]}
+            )
+        if as_json:
+            out(json.dumps(found if len(found) > 1 else found[0], ensure_ascii=False))
+            return
+        for item in found:
+            out(f"conversation {item['conversation_id']} of agent {item['agent_id']}")
+            out(f"  state: {item['state']} (attempts: {item['attempts']})")
+            if item["last_error"]:
+                out(f"  last error: {item['last_error']}")
+            out(f"  model: {item['model']}")
+            u = item["usage"]
+            cost = f", ${item['cost']:.6f}" if item["cost"] is not None else ""
+            out(
+                f"  tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion "
+                f"({u['cached_tokens']} cached) in {u['requests']} request(s){cost}"
+            )
+            out(f"  body: {json.dumps(item['body'], ensure_ascii=False)}")
+            out("  history:")
+            for h in item["history"]:
+                detail = f" {json.dumps(h['detail'], ensure_ascii=False)}" if h["detail"] else ""
+                out(f"    {h['at']}  {h['event']}{detail}")
+
+
+@ledger_app.command("stats")
+def ledger_stats(
+    config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False
+) -> None:
+    """Conversations by state, with tokens and cost."""
+    with guard(verbose, as_json):
+        ledger = open_ledger(load_config(config))
+        rows = ledger.stats()
+        if as_json:
+            out(json.dumps({"ledger": ledger.location, "states": rows}))
+            return
+        from rich.table import Table
+
+        table = Table(title=f"ledger {ledger.location}")
+        for name in (
+            "state",
+            "conversations",
+            "requests",
+            "prompt tokens",
+            "cached",
+            "completion tokens",
+            "cost (USD)",
+        ):
+            table.add_column(name, justify="left" if name == "state" else "right")
+        totals = [0, 0, 0, 0, 0, 0.0]
+        for r in rows:
+            cost = "" if not r["costed"] else f"{r['cost']:.4f}"
+            values = [
+                r["conversations"],
+                r["requests"],
+                r["prompt_tokens"],
+                r["cached_tokens"],
+                r["completion_tokens"],
+            ]
+            table.add_row(r["state"], *[f"{v:,}" for v in values], cost)
+            totals = [t + (v or 0) for t, v in zip(totals, [*values, r["cost"]], strict=True)]
+        table.add_row("total", *[f"{v:,}" for v in totals[:5]], f"{totals[5]:.4f}", style="bold")
+        console(width=120).print(table)
