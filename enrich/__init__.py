@@ -13,7 +13,7 @@ the adapters ``formats``, ``prompts``, ``llm``, ``chatdash``, ``ledger``, ``resu
 
 from ._version import __version__
 from .config import Config, load_config
-from .engine import BatchRun, Enricher
+from .engine import BatchRun, Enricher, Profile
 from .errors import (
     ChatDashError,
     ChatDashLookupError,
@@ -39,6 +39,7 @@ from .models import (
     Enrichment,
     EnrichmentResult,
     Evaluation,
+    Fingerprint,
     MisunderstoodQuery,
     ReplayReport,
     Role,
@@ -59,6 +60,8 @@ __all__ = [
     "Config",
     "load_config",
     "AnalysisSpec",
+    "Profile",
+    "Fingerprint",
     "Enrichment",
     "Evaluation",
     "MisunderstoodQuery",

@@ -57,10 +57,8 @@ BATCH_API = ["BatchItem", "BatchResult", "BatchRun", "ReplayReport", "CostEstima
 # exported: the engine's plumbing, public on EnricherCore for the Batch API path and the CLI.
 # Each entry says why; the test below fails when one is no longer reached, so the list stays true.
 NOT_EXPORTED = {
-    "Fingerprint": "Enricher.fingerprint(): the ledger's key, for the CLI's replay",
-    "Profile": "Enricher.profile(): spec, prompts and schema of one agent, for the CLI",
-    "LLMResult": "Enricher.finish(): one LLM answer, for the Batch API path",
-    "State": "Enricher.finish(): a ledger state, for the Batch API path",
+    "LLMResult": "Enricher.afinish(): one LLM answer; the engine's own step, for the Batch API",
+    "State": "Enricher.afinish(): a ledger state; the engine's own step, for the Batch API",
     "Price": "Config.price(): one model's row of the configured price table",
 }
 

@@ -127,7 +127,7 @@ async def run_via_batch_api(
                 adopted["|".join(key)] = (batch_id, custom_id)
         fresh = []
         for job in jobs:
-            job.source = adopted.get("|".join(_key(enricher, job)))
+            job.source = adopted.get("|".join(_key(job)))
             if job.source is None:
                 fresh.append(job)
         try:
@@ -137,7 +137,7 @@ async def run_via_batch_api(
                 )
                 if ledger is not None:  # recorded before anything can interrupt the wait
                     await ledger.arecord_batch_job(
-                        batch_id, {str(job.index): _key(enricher, job) for job in fresh}
+                        batch_id, {str(job.index): _key(job) for job in fresh}
                     )
                 log.warning(
                     "Batch API job %s created for %d conversations; if interrupted, run the "
@@ -267,16 +267,10 @@ async def _answer(
     return answer, batch_usage
 
 
-def _key(enricher: EnricherCore, job: _Job) -> list[str]:
-    fp = job.profile.fingerprint(job.parsed)
-    return [
-        job.item.agent_id,
-        job.conversation_id,
-        fp.transcript_hash,
-        fp.model,
-        fp.prompt_hash,
-        fp.taxonomy_hash,
-    ]
+def _key(job: _Job) -> list[str]:
+    """What a Batch API row enriches, as the ledger keeps it: the conversation and its
+    fingerprint."""
+    return [job.item.agent_id, job.conversation_id, *job.profile.fingerprint(job.parsed).parts()]
 
 
 def _cost(enricher: EnricherCore, model: str, batch: Usage, direct: Usage) -> float | None:

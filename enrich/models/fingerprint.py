@@ -36,6 +36,15 @@ class Fingerprint(BaseModel):
     taxonomy_hash: str
     version: int = FINGERPRINT_VERSION
 
+    def parts(self) -> list[str]:
+        """The fingerprint as strings (a Batch API row's key in the ledger). Version 1 is the
+        four hashes alone, as release 0.1 wrote them; a later version adds itself."""
+        out = [self.transcript_hash, self.model, self.prompt_hash, self.taxonomy_hash]
+        return out if self.version == 1 else [*out, f"v{self.version}"]
+
     def key(self) -> str:
-        """One string for the whole fingerprint (a lease's holder, a Batch API row's key)."""
-        return digest(self.model_dump(exclude={"version"}))
+        """One string for the whole fingerprint (a lease's holder): for version 1 the digest
+        release 0.1 computed, so the two releases wait for each other's leases."""
+        if self.version == 1:
+            return digest(self.model_dump(exclude={"version"}))
+        return digest(self.model_dump())
