@@ -476,6 +476,49 @@ def test_an_async_twin_waiting_for_a_lock_does_not_block_the_loop(tmp_path):
     assert ticks >= 20  # the loop kept running for the half second the lock was held
 
 
+def test_an_uncontended_async_twin_runs_on_the_loop_and_a_contended_one_in_a_thread(
+    tmp_path, monkeypatch
+):
+    """SQLite's twins take no thread hop when nothing has to wait (the common case, and the
+    cheaper one), and move to a worker thread only when another writer holds the lock."""
+    path = tmp_path / "l.sqlite3"
+    ledger = open_ledger(path)
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counting(fn, *args, **kwargs):
+        hops.append(fn.__name__)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+
+    def record(conv: str):
+        return ledger.arecord(
+            "a", conv, FP, enrichment={}, body={}, usage=Usage(), cost=None, state=State.PENDING
+        )
+
+    async def main() -> None:
+        await record("first")  # the first open (it may migrate) happens in a worker thread
+        assert hops == ["record"]
+        await record("c1")
+        assert (await ledger.aget("a", "c1")).state == State.PENDING
+        await ledger.awritten("a", "c1", {})
+        assert hops == ["record"]  # no hop while nobody else holds the lock
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.2, other.execute, "COMMIT")
+        await record("c2")  # locked: rolled back at once, done in a thread once the lock is free
+        other.close()
+        assert hops == ["record", "record"]
+
+    asyncio.run(main())
+    assert {e.conversation_id: e.state for e in ledger.entries()} == {
+        "first": State.PENDING,
+        "c1": State.WRITTEN,
+        "c2": State.PENDING,
+    }
+
+
 # -- the fingerprint's version --------------------------------------------------------------------
 
 

@@ -41,16 +41,19 @@ before its results are awaited, so an interrupted run collects it later instead 
 **Async twins.** Each operation the engine calls from its event loop has a twin prefixed ``a``
 (:meth:`~LedgerBackend.aget`, :meth:`~LedgerBackend.arecord`...). By default it runs the
 synchronous one in a worker thread (:func:`asyncio.to_thread`), so a wait for another process's
-lock never blocks the event loop; a back end with a native async driver overrides them.
+lock never blocks the event loop; a back end overrides ``_call`` to do better (SQLite runs an
+operation at once when it needs no wait, and moves it to a thread only when it would), or the
+twins themselves with a native async driver.
 """
 
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +61,8 @@ from ..models.fingerprint import Fingerprint
 from ..models.usage import Usage
 
 __all__ = ["LedgerBackend", "LedgerEntry", "LedgerEvent", "State"]
+
+T = TypeVar("T")
 
 
 class State(StrEnum):
@@ -229,22 +234,28 @@ class LedgerBackend(ABC):
     def note(self, agent_id: str, conversation_id: str, event: str, detail: Any = None) -> None:
         """Append an event to the conversation's history, changing nothing else."""
 
-    # -- async twins: the synchronous operation in a worker thread -----------------------------
+    # -- async twins: the synchronous operation, off the event loop ------------------------------
+
+    async def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one synchronous operation for an async twin: by default in a worker thread, so
+        a wait for another process's lock never blocks the event loop. A back end may do better
+        (SQLite runs it at once when it cannot wait; a native async driver awaits it)."""
+        return await asyncio.to_thread(operation, *args, **kwargs)
 
     async def aget(self, agent_id: str, conversation_id: str) -> LedgerEntry | None:
-        return await asyncio.to_thread(self.get, agent_id, conversation_id)
+        return await self._call(self.get, agent_id, conversation_id)
 
     async def afind(self, conversation_id: str, agent_id: str | None = None) -> list[LedgerEntry]:
-        return await asyncio.to_thread(self.find, conversation_id, agent_id)
+        return await self._call(self.find, conversation_id, agent_id)
 
     async def ahistory(self, agent_id: str, conversation_id: str) -> list[LedgerEvent]:
-        return await asyncio.to_thread(self.history, agent_id, conversation_id)
+        return await self._call(self.history, agent_id, conversation_id)
 
     async def aentries(self, state: State | None = None) -> list[LedgerEntry]:
-        return await asyncio.to_thread(self.entries, state)
+        return await self._call(self.entries, state)
 
     async def astats(self) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.stats)
+        return await self._call(self.stats)
 
     async def arecord(
         self,
@@ -258,7 +269,7 @@ class LedgerBackend(ABC):
         cost: float | None,
         state: State,
     ) -> None:
-        await asyncio.to_thread(
+        await self._call(
             self.record,
             agent_id,
             conversation_id,
@@ -273,39 +284,37 @@ class LedgerBackend(ABC):
     async def aqueue(
         self, agent_id: str, conversation_id: str, body: dict[str, Any], event: str
     ) -> None:
-        await asyncio.to_thread(self.queue, agent_id, conversation_id, body, event)
+        await self._call(self.queue, agent_id, conversation_id, body, event)
 
     async def aclaim(self, agent_id: str, conversation_id: str) -> bool:
-        return await asyncio.to_thread(self.claim, agent_id, conversation_id)
+        return await self._call(self.claim, agent_id, conversation_id)
 
     async def awritten(self, agent_id: str, conversation_id: str, body: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.written, agent_id, conversation_id, body)
+        await self._call(self.written, agent_id, conversation_id, body)
 
     async def awrite_failed(
         self, agent_id: str, conversation_id: str, error: str, *, permanent: bool
     ) -> None:
-        await asyncio.to_thread(
-            self.write_failed, agent_id, conversation_id, error, permanent=permanent
-        )
+        await self._call(self.write_failed, agent_id, conversation_id, error, permanent=permanent)
 
     async def abegin(
         self, agent_id: str, conversation_id: str, fingerprint: str, seconds: float
     ) -> bool:
-        return await asyncio.to_thread(self.begin, agent_id, conversation_id, fingerprint, seconds)
+        return await self._call(self.begin, agent_id, conversation_id, fingerprint, seconds)
 
     async def aend(self, agent_id: str, conversation_id: str) -> None:
-        await asyncio.to_thread(self.end, agent_id, conversation_id)
+        await self._call(self.end, agent_id, conversation_id)
 
     async def arecord_batch_job(self, batch_id: str, rows: dict[str, list[str]]) -> None:
-        await asyncio.to_thread(self.record_batch_job, batch_id, rows)
+        await self._call(self.record_batch_job, batch_id, rows)
 
     async def aopen_batch_jobs(self) -> dict[str, dict[str, list[str]]]:
-        return await asyncio.to_thread(self.open_batch_jobs)
+        return await self._call(self.open_batch_jobs)
 
     async def aclose_batch_job(self, batch_id: str, status: str) -> None:
-        await asyncio.to_thread(self.close_batch_job, batch_id, status)
+        await self._call(self.close_batch_job, batch_id, status)
 
     async def anote(
         self, agent_id: str, conversation_id: str, event: str, detail: Any = None
     ) -> None:
-        await asyncio.to_thread(self.note, agent_id, conversation_id, event, detail)
+        await self._call(self.note, agent_id, conversation_id, event, detail)

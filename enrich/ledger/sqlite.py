@@ -10,16 +10,17 @@ written by release 0.1 is upgraded in place the first time it is opened.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ConfigError
 from ..models.fingerprint import Fingerprint
@@ -28,6 +29,8 @@ from .base import LedgerBackend, LedgerEntry, LedgerEvent, State
 from .migrations import migrate
 
 __all__ = ["SQLiteLedger", "default_ledger_path"]
+
+T = TypeVar("T")
 
 
 def default_ledger_path() -> Path:
@@ -54,6 +57,10 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
     data["enrichment"] = json.loads(data["enrichment"])
     data["body"] = json.loads(data["body"])
     return LedgerEntry(usage=usage, **data)
+
+
+class _MustWait(Exception):
+    """The no-wait connection cannot be used yet: the operation goes to a worker thread."""
 
 
 def _wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
@@ -111,6 +118,8 @@ class SQLiteLedger(LedgerBackend):
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (a process never uses one it inherited from its parent)."""
+        if getattr(self._local, "nowait", False):
+            return self._nowait_conn()
         conn = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             return conn
@@ -121,6 +130,7 @@ class SQLiteLedger(LedgerBackend):
         except OSError as exc:
             raise ConfigError(f"{self.path}: cannot create the ledger: {exc.strerror}") from None
         self._local.conn, self._local.pid = conn, os.getpid()
+        self._opened_pid = os.getpid()
         return conn
 
     @contextmanager
@@ -134,11 +144,47 @@ class SQLiteLedger(LedgerBackend):
             raise
         conn.execute("COMMIT")
 
+    # -- async twins: at once when nothing has to wait, else in a worker thread -----------------
+
+    def _nowait_conn(self) -> sqlite3.Connection:
+        """The event loop thread's connection: it never waits for a lock (``busy_timeout`` 0).
+        Made only once this process has opened (and migrated) the ledger the usual way."""
+        conn = getattr(self._local, "nowait_conn", None)
+        if conn is not None and getattr(self._local, "nowait_pid", None) == os.getpid():
+            return conn
+        if getattr(self, "_opened_pid", None) != os.getpid():
+            raise _MustWait  # the first open may migrate and wait: a worker thread does it
+        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._local.nowait_conn, self._local.nowait_pid = conn, os.getpid()
+        return conn
+
+    async def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``operation`` on the event loop's own thread when it needs no wait (a read in WAL
+        mode, or a write whose ``BEGIN IMMEDIATE`` gets the lock at once): each is a short
+        transaction, and a thread hop would cost more than the work. When another process
+        holds the lock, the operation was rolled back (or never began): it runs again in a
+        worker thread, where waiting out the lock blocks nothing."""
+        self._local.nowait = True
+        try:
+            return operation(*args, **kwargs)
+        except _MustWait:
+            pass
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        finally:
+            self._local.nowait = False
+        return await asyncio.to_thread(operation, *args, **kwargs)
+
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        for name in ("conn", "nowait_conn"):
+            conn = getattr(self._local, name, None)
+            if conn is not None:
+                conn.close()
+                setattr(self._local, name, None)
 
     @staticmethod
     def _event(conn: sqlite3.Connection, agent: str, conv: str, event: str, detail: Any) -> None:
