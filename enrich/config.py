@@ -131,6 +131,12 @@ class AnalysisSettings(_Section):
     )
     taxonomy: list[Topic] = Field(default_factory=list)
     prompts_dir: Path | None = None
+    min_user_turns: int = Field(
+        default=1,
+        ge=0,
+        description="a transcript with fewer user turns is skipped (voicemail, no answer, a "
+        "caller who hung up before speaking): no LLM call, nothing paid",
+    )
 
     @field_validator("success_criteria", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ class Profile:
         self.spec: AnalysisSpec = config.spec()
         self.prompts = Prompts(config.analysis.prompts_dir)
         self.write_metadata = config.write.metadata
+        self.min_user_turns = config.analysis.min_user_turns
         self._static: tuple[str, str, str] | None = None
 
     def __repr__(self) -> str:
