@@ -13,11 +13,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from .errors import ConfigError, validation_problems
+from .errors import ConfigError, validation_errors, validation_problems
+from .models.fields import Criterion, CustomField, resolve_fields
 from .models.spec import WRITABLE_FIELDS, AnalysisSpec, Subtopic, Topic
 
 __all__ = [
@@ -122,14 +132,23 @@ class AnalysisSettings(_Section):
 
     language: str = "English"
     business_context: str = ""
-    success_criteria: list[str] = Field(
+    success_criteria: list[str | Criterion] = Field(
         default_factory=lambda: [
             "The user's request was resolved, or correctly routed to someone who can resolve it.",
             "The agent gave correct information and did not invent facts.",
             "The user did not leave frustrated or without an answer.",
-        ]
+        ],
+        description="plain sentences, or {name, description}: a named criterion gets its own "
+        "verdict (success, failure, unknown) and rationale",
     )
     taxonomy: list[Topic] = Field(default_factory=list)
+    fields: list[CustomField] = Field(
+        default_factory=list,
+        description="your own typed fields: {name, type, description, values?, required?, schema?}",
+    )
+    presets: list[str] = Field(
+        default_factory=list, description="packaged fields switched on by name (enrich presets)"
+    )
     prompts_dir: Path | None = None
     min_user_turns: int = Field(
         default=1,
@@ -152,12 +171,45 @@ class AnalysisSettings(_Section):
             raise ValueError(f"topic listed twice: {', '.join(dupes)}")
         return v
 
+    @field_validator("success_criteria")
+    @classmethod
+    def _unique_criteria(cls, v: list[str | Criterion]) -> list[str | Criterion]:
+        names = [c.name for c in v if isinstance(c, Criterion)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"criterion listed twice: {', '.join(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fields_resolve(self) -> Self:
+        try:
+            self.resolved_fields()
+        except ValueError as exc:
+            raise PydanticCustomError("fields", str(exc)) from None
+        return self
+
+    def resolved_fields(self) -> tuple[CustomField, ...]:
+        """The presets switched on, then the fields (one of the same name overrides a preset)."""
+        return resolve_fields(self.presets, self.fields)
+
 
 class WriteSettings(_Section):
     """Which enriched fields are written to ChatDash (their wire names)."""
 
-    fields: list[Literal["summary", "topic", "subtopic", "evaluation", "mistunderstoodQueries"]] = (
-        Field(default_factory=lambda: list(WRITABLE_FIELDS), min_length=1)
+    fields: list[
+        Literal[
+            "summary", "topic", "subtopic", "evaluation", "mistunderstoodQueries", "customAnalysis"
+        ]
+    ] = Field(default_factory=lambda: list(WRITABLE_FIELDS), min_length=1)
+    unknown_evaluation: Literal["skip", "false"] = Field(
+        default="skip",
+        description="an overall unknown verdict (named criteria): skip leaves evaluation "
+        "unwritten; false writes isSuccess false",
+    )
+    criteria_key: str = Field(
+        default="criteria",
+        min_length=1,
+        description="the key of customAnalysis under which the named criteria's verdicts go",
     )
     metadata: bool = Field(
         default=False,
@@ -212,6 +264,11 @@ class Config(_Section):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     chatdash: ChatDashSettings = Field(default_factory=ChatDashSettings)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    agents: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per ChatDash agent id, overrides of `analysis` merged over it "
+        "(see :meth:`Config.for_agent`)",
+    )
     write: WriteSettings = Field(default_factory=WriteSettings)
     input: InputSettings = Field(default_factory=InputSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
@@ -224,6 +281,36 @@ class Config(_Section):
     @classmethod
     def _on_top_of_defaults(cls, v: Any) -> Any:
         return {**DEFAULT_PRICING, **v} if isinstance(v, dict) else v
+
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _agent_overrides(cls, v: Any) -> Any:
+        if v is None:  # `agents:` with every agent commented out
+            return {}
+        if not isinstance(v, Mapping):
+            return v  # pydantic says what is wrong
+        out: dict[Any, Any] = {}
+        for agent_id, overrides in v.items():
+            if not isinstance(agent_id, str):
+                raise ValueError(f"agent id {agent_id!r} is not a string: quote it in the YAML")
+            # an agent whose overrides are all commented out uses the defaults
+            out[agent_id] = {} if overrides is None else overrides
+        return out
+
+    def for_agent(self, agent_id: str | None) -> Config:
+        """The configuration of the conversations of ``agent_id``: its ``agents`` overrides
+        merged over ``analysis`` (mappings key by key; lists and scalars replaced). An agent
+        without overrides (or ``None``) gets the defaults. The result has no ``agents`` of its
+        own: it is the set-up of one profile."""
+        overrides = self.agents.get(agent_id) if agent_id is not None else None
+        if not overrides:
+            return self.model_copy(update={"agents": {}}) if self.agents else self
+        return self._with_overrides(overrides)
+
+    def _with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        analysis = _overlay(self.analysis.model_dump(round_trip=True, by_alias=True), overrides)
+        sections = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self).model_validate({**sections, "analysis": analysis, "agents": {}})
 
     def price(self, model: str) -> Price | None:
         """The price of ``model``: an exact entry, else the longest entry it starts with
@@ -239,12 +326,57 @@ class Config(_Section):
             return None
         return price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
 
+    @model_validator(mode="after")
+    def _spec_builds(self) -> Self:
+        """The analysis must make a spec (a field colliding with write.criteria_key...)."""
+        try:
+            self.spec()
+        except ValidationError as exc:
+            raise PydanticCustomError("spec", "; ".join(validation_errors(exc))) from None
+        return self
+
+    @model_validator(mode="after")
+    def _agent_profiles_are_valid(self) -> Self:
+        """Every agent's analysis, merged, is checked now (after the default's own checks): a
+        broken profile fails at load time, before any call, as ``agents.<id>.<key>``."""
+        for agent_id, overrides in self.agents.items():
+            try:
+                self._with_overrides(overrides)
+            except ValidationError as exc:
+                raise _under_agent(exc, agent_id) from None
+        return self
+
     def spec(self) -> AnalysisSpec:
         """The analysis this configuration asks for and writes (see :mod:`enrich.models.spec`)."""
         return AnalysisSpec(
             taxonomy=tuple(self.analysis.taxonomy),
             success_criteria=tuple(self.analysis.success_criteria),
+            fields=self.analysis.resolved_fields(),
             write_fields=tuple(self.write.fields),
+            criteria_key=self.write.criteria_key,
+            unknown_evaluation=self.write.unknown_evaluation,
+        )
+
+    def report_spec(self) -> AnalysisSpec:
+        """A spec for reading results of every profile at once (result files, ``report``): the
+        default analysis's, with the custom fields and named criteria of every agent's profile
+        added (the first definition of a name wins)."""
+        spec = self.spec()
+        fields, criteria = list(spec.fields), list(spec.criteria)
+        for agent_id in self.agents:
+            other = self.for_agent(agent_id).spec()
+            fields += [f for f in other.fields if f.name not in {g.name for g in fields}]
+            criteria += [c for c in other.criteria if c.name not in {d.name for d in criteria}]
+        if len(fields) == len(spec.fields) and len(criteria) == len(spec.criteria):
+            return spec
+        plain = tuple(c for c in spec.success_criteria if isinstance(c, str))
+        return AnalysisSpec(  # a new spec, not a copy: a spec caches its models and schema
+            taxonomy=spec.taxonomy,
+            success_criteria=(*plain, *criteria),
+            fields=tuple(fields),
+            write_fields=spec.write_fields,
+            criteria_key=spec.criteria_key,
+            unknown_evaluation=spec.unknown_evaluation,
         )
 
     def secrets(self) -> list[SecretStr]:
@@ -257,6 +389,29 @@ class Config(_Section):
             if data[section]["api_key"] is not None:
                 data[section]["api_key"] = "***"
         return data
+
+
+def _overlay(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` over ``base``: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _under_agent(exc: ValidationError, agent_id: str) -> ValidationError:
+    """The errors of one agent's configuration, placed where its overrides are written:
+    ``analysis.taxonomy`` becomes ``agents.<id>.taxonomy``."""
+    details: list[Any] = []
+    for e in exc.errors(include_url=False):
+        loc = tuple(e["loc"])
+        loc = loc[1:] if loc[:1] == ("analysis",) else loc
+        kind = PydanticCustomError(e["type"], e["msg"])  # the same type and message
+        details.append({"type": kind, "loc": ("agents", agent_id, *loc), "input": e["input"]})
+    return ValidationError.from_exception_data(exc.title, details)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -340,12 +495,20 @@ def load_config(
     if overrides:
         _merge(merged, _drop_none(overrides), "command line", origins)
 
-    if isinstance(merged.get("analysis"), dict) and merged["analysis"].get("prompts_dir"):
-        prompts_dir = Path(merged["analysis"]["prompts_dir"]).expanduser()
-        origin = _origin(origins, ("analysis", "prompts_dir"))
+    # a relative prompts folder, in `analysis` or in an agent's overrides, is relative to the file
+    sections: list[tuple[Any, ...]] = [("analysis",)]
+    if isinstance(merged.get("agents"), dict):
+        sections += [("agents", agent_id) for agent_id in merged["agents"]]
+    for loc in sections:
+        section = merged.get(loc[0]) if len(loc) == 1 else merged["agents"][loc[1]]
+        value = section.get("prompts_dir") if isinstance(section, dict) else None
+        if not value or not isinstance(value, str | Path):
+            continue  # unset, or not a path (validation says so)
+        prompts_dir = Path(value).expanduser()
+        origin = _origin(origins, (*loc, "prompts_dir"))
         if file_path is not None and origin == str(file_path) and not prompts_dir.is_absolute():
             prompts_dir = Path(file_path).parent / prompts_dir  # relative to the file
-        merged["analysis"]["prompts_dir"] = prompts_dir
+        section["prompts_dir"] = prompts_dir
 
     try:
         return Config.model_validate(merged)

@@ -1,8 +1,9 @@
 """Prompt templates: jinja2, sandboxed, with ``StrictUndefined``.
 
-Five templates make the conversations with the model:
+Six templates make the conversations with the model:
 
 - ``system.j2``: the instructions (language, business context, success criteria, taxonomy);
+- ``analysis.j2``: added to them when the analysis has its own fields or named criteria;
 - ``user.j2``: the transcript, fenced between ``<transcript>`` tags;
 - ``reask.j2``: the message sent back after an answer that failed validation;
 - ``map.j2`` and ``reduce.j2``: for a call too long for one request, the instructions for
@@ -25,11 +26,15 @@ from typing import Any
 
 from .config import AnalysisSettings
 from .errors import TemplateError
+from .models.spec import AnalysisSpec
 from .models.transcript import ROLE_LABELS, CallMetadata, Role, Transcript, Turn
 
 __all__ = ["Prompts", "TEMPLATE_NAMES", "packaged_prompts_dir"]
 
-TEMPLATE_NAMES = ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2")
+TEMPLATE_NAMES = ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2", "analysis.j2")
+#: The templates every analysis uses; ``analysis.j2`` joins them when the analysis has its own
+#: fields or named criteria (and only then counts in :meth:`Prompts.fingerprint`).
+BASE_TEMPLATES = TEMPLATE_NAMES[:5]
 
 _FENCE = re.compile(r"<(/?)(transcript|notes)", re.IGNORECASE)
 
@@ -100,10 +105,11 @@ class Prompts:
             out.append((name, path, self.user_dir is not None and path.parent == self.user_dir))
         return out
 
-    def fingerprint(self) -> str:
-        """A hash of the templates in use: it changes when any template's text changes."""
+    def fingerprint(self, names: Sequence[str] = BASE_TEMPLATES) -> str:
+        """A hash of the templates ``names`` (those an analysis uses): it changes when any of
+        their texts changes."""
         digest = hashlib.sha256()
-        for name in TEMPLATE_NAMES:
+        for name in names:
             digest.update(name.encode() + b"\0" + self.source(name).encode() + b"\0")
         return digest.hexdigest()
 
@@ -137,16 +143,35 @@ class Prompts:
         mode: str,
         transcript: Transcript | None = None,
         turns: Sequence[Turn] | None = None,
+        spec: AnalysisSpec | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """The variables every template sees (see each template's header comment)."""
+        """The variables every template sees (see each template's header comment). ``spec``
+        brings the analysis's own fields and named criteria."""
         if turns is None:
             turns = transcript.dialogue if transcript is not None else []
         metadata = transcript.metadata if transcript is not None else CallMetadata()
+        fields = spec.fields if spec is not None else ()
+        criteria = spec.criteria if spec is not None else ()
         return {
             "language": analysis.language,
             "business_context": analysis.business_context,
-            "success_criteria": list(analysis.success_criteria),
+            # a named criterion reads "name: description" where the plain ones are listed
+            "success_criteria": [
+                c if isinstance(c, str) else f"{c.name}: {c.description}"
+                for c in analysis.success_criteria
+            ],
+            "fields": [
+                {
+                    "name": f.name,
+                    "type": f.type,
+                    "kind": f.describe_type(),
+                    "description": f.description,
+                    "required": f.required,
+                }
+                for f in fields
+            ],
+            "criteria": [{"name": c.name, "description": c.description} for c in criteria],
             "taxonomy": [t.model_dump() for t in analysis.taxonomy],
             "mode": mode,
             "schema_json": json.dumps(schema, ensure_ascii=False),
@@ -169,13 +194,22 @@ class Prompts:
         *,
         schema: dict[str, Any],
         mode: str,
+        spec: AnalysisSpec | None = None,
     ) -> list[dict[str, str]]:
         """The chat messages for one conversation: the system prompt, then the transcript."""
-        context = self.context(analysis, schema=schema, mode=mode, transcript=transcript)
+        context = self.context(analysis, schema=schema, mode=mode, transcript=transcript, spec=spec)
         return [
-            {"role": "system", "content": self.render("system.j2", **context)},
+            {"role": "system", "content": self.system(context)},
             {"role": "user", "content": self.render("user.j2", **context)},
         ]
+
+    def system(self, context: dict[str, Any]) -> str:
+        """The instructions: ``system.j2``, then ``analysis.j2`` when the analysis has its own
+        fields or named criteria."""
+        text = self.render("system.j2", **context)
+        if context.get("fields") or context.get("criteria"):
+            text += "\n\n" + self.render("analysis.j2", **context)
+        return text
 
     def part_messages(
         self,
@@ -215,11 +249,12 @@ class Prompts:
         *,
         schema: dict[str, Any],
         mode: str,
+        spec: AnalysisSpec | None = None,
     ) -> list[dict[str, str]]:
         """Messages for the final call over the notes on every part of a long call (reduce)."""
-        context = self.context(analysis, schema=schema, mode=mode, strategy="map_reduce")
+        context = self.context(analysis, schema=schema, mode=mode, strategy="map_reduce", spec=spec)
         return [
-            {"role": "system", "content": self.render("system.j2", **context)},
+            {"role": "system", "content": self.system(context)},
             {
                 "role": "user",
                 "content": self.render(

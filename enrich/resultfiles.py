@@ -22,8 +22,9 @@ __all__ = ["ResultWriter", "open_writer", "read_results", "flat_row", "columns",
 
 _DEFAULT_SPEC = AnalysisSpec()
 
-#: Before the enrichment's columns.
-HEAD = ["agent_id", "conversation_id", "line", "status", "error"]
+#: Before the enrichment's columns. ``skip_reason``: why a ``skipped`` conversation had nothing
+#: to analyse (empty for one skipped as already done).
+HEAD = ["agent_id", "conversation_id", "line", "status", "error", "skip_reason"]
 #: After them.
 TAIL = [
     "dropped_queries",
@@ -62,6 +63,7 @@ def flat_row(r: BatchResult, spec: AnalysisSpec = _DEFAULT_SPEC) -> dict[str, An
     if res is not None:
         row.update(spec.flat(res.enrichment))
         row.update(
+            skip_reason=res.skipped,
             dropped_queries=len(res.dropped_queries),
             model=res.model,
             strategy=res.strategy,
@@ -132,6 +134,8 @@ class _Parquet(ResultWriter):
             "reused": pa.bool_(),
             "seconds": pa.float64(),
         }
+        by_type = {"number": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_()}
+        types.update({f.name: by_type[f.type] for f in spec.fields if f.type in by_type})
         self.spec = spec
         self.schema = pa.schema([(c, types.get(c, pa.string())) for c in columns(spec)])
         self.writer = pq.ParquetWriter(str(path), self.schema)
@@ -174,8 +178,9 @@ def open_writer(path: str | Path, spec: AnalysisSpec = _DEFAULT_SPEC) -> ResultW
     return _Csv(stream, spec) if suffix == ".csv" else _Jsonl(stream)
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Flat rows back from a results file written by :func:`open_writer`."""
+def read_results(path: str | Path, spec: AnalysisSpec = _DEFAULT_SPEC) -> list[dict[str, Any]]:
+    """Flat rows back from a results file written by :func:`open_writer` (with ``spec``, the
+    analysis whose columns it holds)."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
@@ -184,7 +189,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        rows.append(flat_row(BatchResult.model_validate_json(line)))
+                        rows.append(flat_row(BatchResult.model_validate_json(line), spec))
                     except ValueError as exc:
                         raise ConfigError(f"{p}: line {n} is not a batch result ({exc})") from None
         return rows

@@ -133,6 +133,7 @@ def test_templates_list_show_and_override(env, tmp_path, monkeypatch):
         "reask.j2",
         "map.j2",
         "reduce.j2",
+        "analysis.j2",
     ]
     assert "yours" not in r.stdout
     shown = run("templates", "show", "user.j2")
@@ -177,7 +178,7 @@ def test_schema_and_formats_and_version(env):
         (b'[{"role": "user", "content": "hi"', "invalid JSON at line 1, column"),
         (b"42", "JSON of an unknown shape (a number); tried formats: chat"),
         (b'{"foo": 1}', "tried formats"),
-        (b"Agent: Hello?\nAgent: Anyone there?", "no user turn"),
+        (b"Hello? Anyone there?", "no speaker labels found"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary data"),
         # not UTF-8, and not legacy text either (C1 control bytes): refused, not guessed at
         (b"User: caf\xe9 \xff\xfe" + bytes(range(0x80, 0xA0)), "not valid UTF-8"),
@@ -188,7 +189,7 @@ def test_schema_and_formats_and_version(env):
         "truncated-json",
         "number",
         "unknown-object",
-        "no-user",
+        "no-labels",
         "binary",
         "undecodable",
     ],
@@ -203,6 +204,22 @@ def test_bad_transcripts_exit_2_without_calling_anything(
     assert words in r.stderr
     assert str(path) in r.stderr  # the place
     assert len(r.stderr.strip().splitlines()) == 1  # one line
+    assert r.stdout == ""
+    assert fake_llm.requests == [] and fake_chatdash.requests == []
+
+
+def test_a_transcript_with_no_user_turn_is_skipped_exit_0_without_calling_anything(
+    env, fake_llm, fake_chatdash
+):
+    # was exit 2 ("no user turn"): now a call with nothing to analyse, skipped (exit 0)
+    path = env["tmp"] / "agent-only.txt"
+    path.write_bytes(b"Agent: Hello?\nAgent: Anyone there?")
+    r = run("run", "-a", "agent-1", "-C", "conv-1", "-t", str(path))
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.strip() == (
+        "enrich: skipped: the text transcript has 0 user turns (analysis.min_user_turns is 1): "
+        "nothing to analyse, no LLM call; nothing written"
+    )
     assert r.stdout == ""
     assert fake_llm.requests == [] and fake_chatdash.requests == []
 

@@ -58,6 +58,7 @@ def test_every_command_keeps_its_name_and_its_place_in_help():
         "schema",
         "config",
         "formats",
+        "presets",
         "templates",
         "ledger",
     ]

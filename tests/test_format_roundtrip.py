@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from enrich.errors import TranscriptError
 from enrich.formats import parse_transcript
 from enrich.models.transcript import Role, Transcript
 from enrich.models.transcript import has_words as _has_words
@@ -285,12 +284,10 @@ def check(dialogue: dict[str, Any], converter: str) -> None:
     want = expected(dialogue, normalise, timed)
     source = f"{dialogue['id']} as {converter}"
     data = serialise(render(dialogue))
-    if not any(role == Role.USER for role, _, _ in want):
-        with pytest.raises(TranscriptError, match="no user turn"):
-            parse_transcript(data, source=source)
-        return
     t: Transcript = parse_transcript(data, source=source)
     assert t.format == fmt, source
+    # a dialogue where the user never speaks parses (the engine skips it, no LLM call)
+    assert bool(t.user_turns) == any(role == Role.USER for role, _, _ in want), source
     got = [(turn.role, turn.text, turn.start) for turn in t.dialogue]
     if got != want:  # name the first difference, not 600 dialogues of diff
         for i, (g, w) in enumerate(zip(got, want, strict=False)):

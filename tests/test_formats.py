@@ -247,12 +247,12 @@ def test_chatdash_missing_sender_and_non_object_message():
     assert error(value) == "<input>: chatdash: message 8: expected an object, not a string"
 
 
-def test_chatdash_without_a_user_turn():
+def test_chatdash_without_a_user_turn_parses_with_no_user_turn():
+    # no longer an error: the engine skips it (analysis.min_user_turns), the parser reads it
     value = [m for m in load("chatdash-messages.json") if m["sender"] != "user"]
-    assert error(value) == (
-        "<input>: no user turn: the chatdash transcript has 3 turn(s), none of them spoken by "
-        "the user"
-    )
+    t = parse(value)
+    assert t.format == "chatdash" and len(t.turns) == 3 and t.user_turns == []
+    assert t.metadata.answered is None  # ChatDash messages do not say
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,13 +451,6 @@ def test_retell_metadata_is_best_effort():
             "the call has no transcript (transcript_object, transcript_with_tool_calls and "
             "transcript are all missing)",
         ),
-        (
-            lambda c: c.update(
-                transcript_object=[], transcript_with_tool_calls=None, transcript=""
-            ),
-            "the call has no transcript (transcript_object, transcript_with_tool_calls and "
-            "transcript are all missing or empty)",
-        ),
     ],
 )
 def test_retell_errors(mutate, message):
@@ -495,9 +488,64 @@ def test_retell_more_errors():
 
 
 def test_retell_agent_only_call_has_no_user_turn():
+    # no longer an error: it parses, and the engine skips it (analysis.min_user_turns)
     value = load("retell-call-analyzed.json")
     value["call"]["transcript_object"] = value["call"]["transcript_object"][:1]
-    assert "no user turn: the retell transcript has 1 turn(s)" in error(value)
+    t = parse(value)
+    assert len(t.turns) == 1 and t.user_turns == []
+    assert t.metadata.answered is True  # call_status ended, call_analysis.in_voicemail false
+
+
+def test_retell_empty_transcript_fields_are_a_call_with_no_turns():
+    # was "the call has no transcript (... all missing or empty)": present but empty now parses
+    value = load("retell-call-analyzed.json")
+    value["call"].update(transcript_object=[], transcript_with_tool_calls=None, transcript="")
+    t = parse(value)
+    assert t.turns == [] and t.metadata.platform_id == "call_9f3c2a7d81b64e0c9a1d"
+
+
+def retell_not_connected() -> dict[str, Any]:
+    """An outbound Retell call that was never answered, as its webhook sends it."""
+    value = load("retell-call-analyzed.json")
+    call = value["call"]
+    for key in ("transcript", "transcript_object", "transcript_with_tool_calls", "call_analysis"):
+        del call[key]
+    call.update(
+        call_status="not_connected",
+        disconnection_reason="dial_no_answer",
+        direction="outbound",
+        duration_ms=0,
+    )
+    del call["recording_url"]
+    return value
+
+
+def test_retell_not_connected_call_is_not_answered_and_has_no_turns():
+    t = parse(retell_not_connected())  # no transcript field at all: not refused, it says why
+    assert t.format == "retell" and t.turns == []
+    m = t.metadata
+    assert m.answered is False and m.ended_reason == "dial_no_answer"
+    assert m.platform_id == "call_9f3c2a7d81b64e0c9a1d"
+
+
+@pytest.mark.parametrize(
+    ("change", "answered"),
+    [
+        ({"disconnection_reason": "dial_busy"}, False),
+        ({"disconnection_reason": "voicemail_reached"}, False),
+        ({"disconnection_reason": "machine_detected"}, False),
+        ({"call_status": "not_connected", "disconnection_reason": "marked_as_spam"}, False),
+        ({"call_analysis": {"in_voicemail": True}}, False),
+        ({"disconnection_reason": "user_hangup"}, True),
+        ({"call_status": "registered", "disconnection_reason": None}, None),
+        ({"call_status": ["ended"], "disconnection_reason": {"x": 1}}, None),  # wrong types
+    ],
+)
+def test_retell_answered(change, answered):
+    value = load("retell-call-analyzed.json")
+    value["call"].update(change)
+    assert parse(value).metadata.answered is answered
+    assert parse(load("retell-chat.json")).metadata.answered is None  # a chat is no call
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,7 +675,7 @@ def test_vapi_tool_result_name_from_its_tool_call():
         (
             lambda m: m.update(artifact={"recordingUrl": "https://x"}),
             "the call has no transcript (artifact.messages and artifact.transcript are both "
-            "missing or empty)",
+            "missing)",
         ),
         (
             lambda m: m.update(type="status-update"),
@@ -654,11 +702,28 @@ def test_vapi_unknown_role_left_out_with_a_warning(caplog):
 
 
 def test_vapi_system_only_call_has_no_user_turn():
+    # no longer an error: it parses, and the engine skips it (analysis.min_user_turns)
     value = load("vapi-end-of-call-report.json")
     value["message"]["artifact"]["messages"] = value["message"]["artifact"]["messages"][:2]
-    assert error(value) == (
-        "<input>: no user turn: the vapi transcript has 1 turn(s), none of them spoken by the user"
-    )
+    t = parse(value)
+    assert len(t.turns) == 1 and t.user_turns == []
+    assert t.metadata.answered is None  # customer-ended-call: Vapi does not say
+
+
+@pytest.mark.parametrize(
+    "reason", ["customer-did-not-answer", "customer-busy", "voicemail"], ids=str
+)
+def test_vapi_unanswered_call_has_no_turns_and_says_so(reason):
+    value = load("vapi-end-of-call-report.json")
+    message = value["message"]
+    message["endedReason"] = reason
+    del message["artifact"]  # nothing was recorded: no messages, no transcript at all
+    t = parse(value)
+    assert t.turns == [] and t.metadata.answered is False and t.metadata.ended_reason == reason
+    message["artifact"] = {"messages": [], "transcript": ""}
+    message["endedReason"] = "customer-ended-call"
+    t = parse(value)  # present but empty: a call with no turns, answered or not unknown
+    assert t.turns == [] and t.metadata.answered is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -780,11 +845,39 @@ def test_elevenlabs_other_webhooks_hold_no_transcript():
         "<input>: elevenlabs: a post_call_audio webhook holds no transcript (only "
         "post_call_transcription does)"
     )
-    failure = {"type": "call_initiation_failure", "data": {"failure_reason": "busy"}}
-    assert "a call_initiation_failure webhook holds no transcript" in error(failure)
+    # a call that never connected: no longer refused, a call with no turns, not answered
+    failure = {
+        "type": "call_initiation_failure",
+        "event_timestamp": 1727740900,
+        "data": {
+            "agent_id": "a",
+            "conversation_id": "c",
+            "failure_reason": "busy",
+            "metadata": {"type": "twilio", "body": {"CallStatus": "busy"}},
+        },
+    }
+    t = parse(failure)
+    assert t.format == "elevenlabs" and t.turns == []
+    m = t.metadata
+    assert (m.answered, m.ended_reason, m.platform_id, m.agent_id) == (False, "busy", "c", "a")
     assert error({"conversation_id": "c", "agent_id": "a"}) == (
         "<input>: elevenlabs: the conversation has no transcript (transcript is missing)"
     )
+
+
+def test_elevenlabs_silent_caller_and_voicemail():
+    value = load("elevenlabs-webhook.json")
+    data = value["data"]
+    greeting = data["transcript"][0]
+    assert greeting["role"] == "agent"
+    silent = {"role": "user", "message": "...", "time_in_call_secs": 4}  # filler: no words
+    data["transcript"] = [greeting, silent]
+    t = parse(value)  # the caller never spoke: parsed, for the engine to skip
+    assert [turn.role for turn in t.turns] == [A] and t.metadata.answered is None
+    data["transcript"] = []
+    assert parse(value).turns == []
+    data["metadata"]["termination_reason"] = "Voicemail detected by the voicemail_detection tool"
+    assert parse(value).metadata.answered is False
 
 
 def test_elevenlabs_unknown_role_left_out_with_a_warning(caplog):

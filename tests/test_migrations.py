@@ -149,3 +149,34 @@ def test_the_cli_names_the_file_and_migration_of_a_newer_ledger(env):
     r = runner.invoke(app, ["ledger", "stats"])
     assert r.exit_code == 2
     assert "m900_later" in r.stderr and str(env["ledger"]) in r.stderr.replace("\n", "")
+
+
+def test_m003_admits_the_skipped_state_keeping_rows_and_index(tmp_path, monkeypatch):
+    path = tmp_path / "l.sqlite3"
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:2])  # a ledger of before m003
+    SQLiteLedger(path).stats()
+    columns_before = columns(path, "conversations")
+    row = (
+        "agent-1", "conv-1", "t", "m", "p", "x", '{"enrichment": {}}', '{"topic": "A"}',
+        10, 2, 1, 1, 0.5, "written", 1, None, None, "2026-01-01", "2026-01-02", "2026-01-02", 1,
+    )  # fmt: skip
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"INSERT INTO conversations VALUES ({', '.join('?' * len(row))})", row)
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute(
+                "UPDATE conversations SET state = 'skipped' WHERE conversation_id = 'conv-1'"
+            )
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    ledger = SQLiteLedger(path)
+    ledger.stats()
+    ledger.close()
+    assert [name for name, _ in recorded(path)] == NAMES
+    assert "m003_skipped_state" in NAMES
+    assert columns(path, "conversations") == columns_before
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT * FROM conversations").fetchall() == [row]  # as it was
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "conversations_state" in indexes
+        conn.execute("UPDATE conversations SET state = 'skipped' WHERE conversation_id = 'conv-1'")
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE conversations SET state = 'lost' WHERE conversation_id = 'conv-1'")

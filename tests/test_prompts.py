@@ -157,9 +157,10 @@ def test_reask_contains_the_errors():
 def test_packaged_prompts_dir():
     folder = packaged_prompts_dir()
     assert folder.is_dir()
-    for name in ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2"):
+    names = ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2", "analysis.j2")
+    for name in names:
         assert (folder / name).is_file()
-    assert set(TEMPLATE_NAMES) == {"system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2"}
+    assert set(TEMPLATE_NAMES) == set(names)
 
 
 def test_listing_without_user_dir():

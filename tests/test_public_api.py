@@ -60,6 +60,8 @@ NOT_EXPORTED = {
     "LLMResult": "Enricher.afinish(): one LLM answer; the engine's own step, for the Batch API",
     "State": "Enricher.afinish(): a ledger state; the engine's own step, for the Batch API",
     "Price": "Config.price(): one model's row of the configured price table",
+    "AnswerBase": "AnalysisSpec.output_model(): the base of the answer models a spec builds; "
+    "users read the Enrichment it becomes",
 }
 
 # Dunder methods whose types a user meets: construction, iteration, context managers, calls.

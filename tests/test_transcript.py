@@ -350,16 +350,20 @@ def test_over_max_bytes():
     assert parse_transcript(data, max_bytes=106).user_turns[0].text == "x" * 100
 
 
-def test_no_user_turn():
-    err = _error("Agent: hello\nAgent: anyone there?")
-    assert str(err) == (
-        "<input>: no user turn: the text transcript has 2 turn(s), none of them spoken by the user"
+def test_no_user_turn_is_a_transcript():
+    # no longer an error: the engine skips it before any LLM call (analysis.min_user_turns)
+    t = parse_transcript("Agent: hello\nAgent: anyone there?")
+    assert t.format == "text" and len(t.turns) == 2 and t.user_turns == []
+
+
+def test_no_user_turn_in_chat_is_a_transcript():
+    t = parse_transcript(
+        [{"role": "system", "content": "x"}, {"role": "assistant", "content": "hi"}]
     )
-
-
-def test_no_user_turn_in_chat():
-    err = _error([{"role": "system", "content": "x"}, {"role": "assistant", "content": "hi"}])
-    assert "no user turn: the chat transcript has 1 turn(s)" in str(err)
+    assert t.format == "chat" and [turn.text for turn in t.turns] == ["hi"]
+    assert t.user_turns == []
+    only_system = parse_transcript([{"role": "system", "content": "You are a helpful agent."}])
+    assert only_system.turns == []
 
 
 def test_no_speaker_labels():
@@ -407,12 +411,16 @@ def test_read_transcript_file(tmp_path):
 
 
 def test_read_transcript_errors_name_the_file(tmp_path):
-    path = tmp_path / "agent-only.txt"
-    path.write_text("Agent: hello")
+    # an agent-only file is no longer an error (it is skipped later): an unlabelled one is
+    path = tmp_path / "unlabelled.txt"
+    path.write_text("hello, is anyone there?")
     with pytest.raises(TranscriptError) as info:
         read_transcript(path)
-    assert str(info.value).startswith(f"{path}: no user turn")
+    assert str(info.value).startswith(f"{path}: no speaker labels found")
     assert info.value.source == str(path)
+    agent_only = tmp_path / "agent-only.txt"
+    agent_only.write_text("Agent: hello")
+    assert read_transcript(agent_only).user_turns == []
 
 
 def test_read_transcript_over_max_bytes(tmp_path):

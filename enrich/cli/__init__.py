@@ -54,6 +54,7 @@ app.command()(inspect.render)
 app.command()(inspect.schema)
 app.command("config")(inspect.show_config)
 app.command("formats")(inspect.list_formats)
+app.command("presets")(inspect.list_presets)
 app.add_typer(inspect.templates_app, name="templates")
 app.add_typer(ledger.ledger_app, name="ledger")
 

@@ -272,6 +272,16 @@ AgentOpt = Annotated[
     str | None,
     typer.Option("--agent-id", "-a", help="ChatDash agent id.", show_default=False),
 ]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--agent-id",
+        "-a",
+        help="Show this ChatDash agent's profile: `analysis` with the agent's overrides from "
+        "`agents` (an agent without overrides has the defaults).",
+        show_default=False,
+    ),
+]
 ConversationOpt = Annotated[
     str | None,
     typer.Option(

@@ -194,7 +194,7 @@ def _drive(
     from ..resultfiles import open_writer
 
     via = _via(job.via)
-    writer = open_writer(job.output) if job.output else None
+    writer = open_writer(job.output, enricher.config.report_spec()) if job.output else None
     totals = BatchTotals()
     progress = Progress(total)
 

@@ -74,6 +74,7 @@ def print_summary(totals: Any, seconds: float) -> None:
         ("written", f"{totals.written:,}"),
         ("enriched, not written", f"{totals.enriched:,}"),
         ("skipped (already done)", f"{totals.skipped:,}"),
+        ("skipped (nothing to analyse)", f"{totals.nothing_to_analyse:,}"),
         ("failed", f"{totals.failed:,}"),
         *spend_rows(totals),
         ("time", f"{seconds:.1f}s ({totals.done / seconds:.1f}/s)" if seconds > 0 else "-"),
@@ -93,7 +94,11 @@ def print_estimate(enricher: Any, rows: list[Any], *, stderr: bool) -> None:
         [
             ("conversations", f"{len(rows):,}"),
             ("to enrich", f"{len(good):,}"),
-            ("already done (free)", f"{sum(r.strategy == 'skipped' for r in rows):,}"),
+            (
+                "already done (free)",
+                f"{sum(r.strategy == 'skipped' and not r.skipped for r in rows):,}",
+            ),
+            ("nothing to analyse (free)", f"{sum(bool(r.skipped) for r in rows):,}"),
             ("cannot be enriched", f"{sum(not r.ok for r in rows):,}"),
             ("LLM requests", f"{sum(r.requests for r in good):,}"),
             ("prompt tokens", f"{sum(r.prompt_tokens for r in good):,}"),

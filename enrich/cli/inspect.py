@@ -1,5 +1,8 @@
 """Commands that show what enrich would do, and call nothing: ``render``, ``schema``,
-``config``, ``formats`` and ``templates list|show``."""
+``config``, ``formats`` and ``templates list|show``.
+
+Each but ``formats`` takes ``--agent-id``: it shows that agent's profile (the configuration's
+``analysis`` with the agent's overrides from ``agents``), as ``run`` and ``batch`` use it."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ._common import (
     FormatOpt,
     JsonOpt,
     ModeOpt,
+    ProfileOpt,
     TranscriptOpt,
     VerboseOpt,
     guard,
@@ -27,6 +31,7 @@ templates_app = typer.Typer(help="List and show the prompt templates in use.", n
 def render(
     transcript: TranscriptOpt,
     config: ConfigOpt = None,
+    agent_id: ProfileOpt = None,
     fmt: FormatOpt = None,
     mode: ModeOpt = None,
     as_json: JsonOpt = False,
@@ -37,7 +42,8 @@ def render(
         cfg = load_config(config, mode=mode)
         from ..engine import Enricher
 
-        messages = Enricher(cfg).render(read_transcript(transcript, fmt, cfg))
+        with Enricher(cfg) as enricher:
+            messages = enricher.render(read_transcript(transcript, fmt, cfg), agent_id=agent_id)
         if as_json:
             out(json.dumps(messages, ensure_ascii=False, indent=2))
         else:
@@ -48,24 +54,35 @@ def render(
 
 def schema(
     config: ConfigOpt = None,
+    agent_id: ProfileOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Print the JSON schema the model is asked to follow (the taxonomy becomes enums)."""
     with guard(verbose):
-        cfg = load_config(config)
+        cfg = load_config(config).for_agent(agent_id)
         out(json.dumps(cfg.spec().json_schema(), indent=2, ensure_ascii=False))
 
 
 def show_config(
     config: ConfigOpt = None,
+    agent_id: ProfileOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Print the resolved configuration (flags, environment, file, defaults); keys masked."""
+    """Print the resolved configuration (flags, environment, file, defaults); keys masked.
+
+    Without --agent-id: the defaults and every agent's overrides (`agents`); with it: the
+    configuration that agent's conversations get, its overrides merged into `analysis`."""
     with guard(verbose):
         import yaml
 
         cfg = load_config(config)
-        out(yaml.safe_dump(cfg.redacted(), sort_keys=False, allow_unicode=True).rstrip())
+        data = cfg.redacted()
+        if agent_id is not None:
+            data = cfg.for_agent(agent_id).redacted()
+            del data["agents"]  # merged into `analysis`
+            how = "its overrides merged" if cfg.agents.get(agent_id) else "no overrides: defaults"
+            out(f"# agent {agent_id}: analysis with {how}")
+        out(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
 
 
 def list_formats() -> None:
@@ -76,13 +93,32 @@ def list_formats() -> None:
         out(f"{fmt.name:<10} {fmt.kind:<5} {fmt.description}")
 
 
+def list_presets(
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
+) -> None:
+    """List the packaged field presets (switch them on with analysis.presets; a field of the
+    same name in analysis.fields overrides one)."""
+    import yaml
+
+    from ..models.fields import PRESETS
+
+    presets = [f.model_dump(by_alias=True, exclude_none=True) for f in PRESETS.values()]
+    if as_json:
+        out(json.dumps(presets, ensure_ascii=False, indent=2))
+    else:
+        text = yaml.safe_dump({"fields": presets}, sort_keys=False, allow_unicode=True, width=100)
+        out(text.rstrip())
+
+
 @templates_app.command("list")
-def templates_list(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
+def templates_list(
+    config: ConfigOpt = None, agent_id: ProfileOpt = None, verbose: VerboseOpt = False
+) -> None:
     """List the templates and the file each comes from (yours or the packaged default)."""
     with guard(verbose):
         from ..prompts import Prompts
 
-        cfg = load_config(config)
+        cfg = load_config(config).for_agent(agent_id)
         for name, path, overridden in Prompts(cfg.analysis.prompts_dir).listing():
             out(f"{name:<10} {'yours  ' if overridden else 'default'} {path}")
 
@@ -91,11 +127,12 @@ def templates_list(config: ConfigOpt = None, verbose: VerboseOpt = False) -> Non
 def templates_show(
     name: Annotated[str, typer.Argument(help="Template name, e.g. system.j2.")],
     config: ConfigOpt = None,
+    agent_id: ProfileOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Print a template's source (copy it into your prompts folder to override it)."""
     with guard(verbose):
         from ..prompts import Prompts
 
-        cfg = load_config(config)
+        cfg = load_config(config).for_agent(agent_id)
         out(Prompts(cfg.analysis.prompts_dir).source(name).rstrip())

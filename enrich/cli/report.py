@@ -39,16 +39,18 @@ def report(
         from ..report import rows_from_ledger, summarize
         from ..resultfiles import read_results
 
+        cfg = load_config(config)
+        spec = cfg.report_spec()  # the custom fields and criteria of every profile
         if results is not None:
             if not results.is_file():
                 raise InputError(f"{results}: no such file")
-            rows, source = read_results(results), str(results)
+            rows, source = read_results(results, spec), str(results)
         else:
-            ledger = open_ledger(load_config(config))
-            rows, source = rows_from_ledger(ledger), ledger.location
+            ledger = open_ledger(cfg)
+            rows, source = rows_from_ledger(ledger, spec), ledger.location
         if not rows or not any("status" in r and "topic" in r for r in rows):
             raise InputError(f"{source}: no enrichment results in it (see `enrich batch --output`)")
-        rep = summarize(rows, top=top)
+        rep = summarize(rows, top=top, spec=spec)
         if as_json:
             out(rep.model_dump_json())
             return
@@ -58,7 +60,8 @@ def report(
         rate = "-" if rep.success_rate is None else f"{rep.success_rate:.1%}"
         screen.print(
             f"[bold]{source}[/]: {rep.conversations:,} conversations, {rep.enriched:,} enriched, "
-            f"{rep.failed:,} failed; success rate {rate}"
+            f"{rep.skipped:,} skipped (nothing to analyse), {rep.failed:,} failed; "
+            f"success rate {rate}"
         )
         t = Table(title="topics")
         for c in ("topic", "subtopic", "conversations", "share"):
@@ -72,4 +75,22 @@ def report(
         for text, n in rep.misunderstood:
             q.add_row(text, f"{n:,}")
         screen.print(q)
+        if rep.criteria:
+            v = Table(title="success criteria")
+            for c in ("criterion", "success", "failure", "unknown"):
+                v.add_column(c, justify="left" if c == "criterion" else "right")
+            for c in rep.criteria:
+                v.add_row(c.name, f"{c.success:,}", f"{c.failure:,}", f"{c.unknown:,}")
+            screen.print(v)
+        if rep.fields:
+            f = Table(title="your fields")
+            for c in ("field", "type", "answered", "values"):
+                f.add_column(c, justify="right" if c == "answered" else "left")
+            for field in rep.fields:
+                if field.mean is not None:
+                    values = f"mean {field.mean:,.4g}, median {field.median:,.4g}"
+                else:
+                    values = ", ".join(f"{value}: {n:,}" for value, n in field.counts)
+                f.add_row(field.name, field.type, f"{field.answered:,}", values)
+            screen.print(f)
         print_pairs("tokens and cost", spend_rows(rep), width=110)

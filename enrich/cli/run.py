@@ -114,7 +114,12 @@ def run(
                     force=force,
                 )
         except ChatDashError as exc:
-            if exc.result is not None:
+            if exc.result is not None and exc.result.skipped:
+                err(
+                    f"enrich: skipped: {exc.result.skipped}; writing its metadata failed "
+                    "(nothing was paid for): run the same command again to retry"
+                )
+            elif exc.result is not None:
                 if not as_json:
                     out(json.dumps(exc.result.update, ensure_ascii=False))
                     err("enrich: the enrichment was paid for: its body is on stdout")
@@ -137,7 +142,33 @@ def _keep_hint(exc: ChatDashError, ledger_path: Any) -> None:
     err(f"enrich: it is kept in the ledger ({ledger_path}); {how}")
 
 
+def _report_skipped(result: Any, *, dry_run: bool, as_json: bool) -> None:
+    """A conversation with nothing to analyse: one line on stderr says why, and what was (or
+    would be) written; stdout carries ``--json``'s object, or with ``--dry-run`` the body that
+    would be written (nothing, when nothing would be)."""
+    body = result.update
+    what = "noAnswer: true and the call's metadata" if body.get("noAnswer") else "its metadata"
+    if as_json:
+        out(json.dumps({"ok": True, **result.model_dump(mode="json")}, ensure_ascii=False))
+    elif dry_run and body:
+        out(json.dumps(body, ensure_ascii=False, indent=2))
+    if dry_run:
+        done = f"dry run: would write {what} (the body on stdout)" if body else "nothing to write"
+        if body and as_json:
+            done = f"dry run: would write {what} (update)"
+    elif result.already_written:
+        done = f"{what} already written with the same body, nothing sent"
+    elif result.written:
+        done = f"wrote {what}"
+    else:
+        done = "nothing written"
+    err(f"enrich: skipped: {result.skipped}; {done}")
+
+
 def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
+    if result.skipped:
+        _report_skipped(result, dry_run=dry_run, as_json=as_json)
+        return
     u = result.usage
     tokens = (
         f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens "

@@ -247,7 +247,8 @@ async def estimate_many(
     enricher: EnricherCore, items: Iterable[Any] | AsyncIterable[Any], *, force: bool = False
 ) -> AsyncIterator[EstimateRow]:
     """What each item should cost, without calling the LLM (transcripts are fetched when
-    absent; what the ledger already holds costs nothing unless ``force``)."""
+    absent; what the ledger already holds costs nothing unless ``force``, and so does a
+    conversation with nothing to analyse: strategy ``skipped``, with why)."""
     async for raw in aiter_items(items):
         item = to_item(raw)
         if isinstance(item, BadItem):

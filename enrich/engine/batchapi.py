@@ -1,12 +1,12 @@
 """Backfills that can wait: the whole job through OpenAI's Batch API, at half the price.
 
 :func:`run_via_batch_api` prepares every conversation (fetching transcripts, skipping what the
-ledger already holds), uploads one JSONL file of chat completion requests, creates the batch,
-polls it (reporting progress), downloads the output, and validates every row exactly as a direct
-answer is validated. Rows that fail validation, were refused or cut off, or are missing, are
-asked again directly (with the validation errors fed back); calls too long for one request use
-the direct map-reduce path. Then each result is kept in the ledger and written back, as in a
-direct batch. Yields a :class:`~enrich.batch.BatchResult` for every item.
+ledger already holds and what has nothing to analyse), uploads one JSONL file of chat completion
+requests, creates the batch, polls it (reporting progress), downloads the output, and validates
+every row exactly as a direct answer is validated. Rows that fail validation, were refused or cut
+off, or are missing, are asked again directly (with the validation errors fed back); calls too
+long for one request use the direct map-reduce path. Then each result is kept in the ledger and
+written back, as in a direct batch. Yields a :class:`~enrich.batch.BatchResult` for every item.
 
 This module orchestrates (which rows, the ledger, re-asks, writes); the Batch API calls are the
 LLM adapter's :class:`~enrich.llm.BatchAPI`, and a row is read and validated by
@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import EnrichError, LLMError
 from ..ledger import State
 from ..llm import Answer, BatchAPI, BatchRequest, LLMResult, reask_messages, validate
-from ..models.enrichment import Enrichment
+from ..models.enrichment import AnswerBase
 from ..models.results import BadItem, BatchItem, BatchResult
 from ..models.transcript import Transcript
 from ..models.usage import Usage
@@ -76,7 +76,8 @@ async def run_via_batch_api(
     jobs: list[_Job] = []
     direct: list[Any] = []  # items that take the direct path (long calls)
 
-    # 1. prepare: resolve, skip what is done, fetch, parse, render
+    # 1. prepare: resolve, skip what is done, fetch, parse, skip what has nothing to analyse,
+    #    render
     index = 0
     async for raw in aiter_items(items):
         item = to_item(raw)
@@ -103,8 +104,22 @@ async def run_via_batch_api(
                 parsed = await enricher.afetch(item.agent_id, conversation_id)
             else:
                 parsed = enricher.parse(item.transcript, format=item.format, source=where(item))
+            # nothing to analyse: no row in the batch, nothing paid
+            skipped = await enricher.askip(
+                parsed, item.agent_id, conversation_id, write=write, force=force
+            )
         except EnrichError as exc:
             yield failed_result(item, item.conversation_id, exc, time.perf_counter())
+            continue
+        if skipped is not None:
+            yield BatchResult(
+                agent_id=item.agent_id,
+                conversation_id=conversation_id,
+                line=item.line,
+                status="skipped",
+                ok=True,
+                result=skipped,
+            )
             continue
         if plan(parsed, enricher.profile(item.agent_id)).strategy != "single":
             direct.append(item.model_copy(update={"conversation_id": conversation_id}))
@@ -228,7 +243,7 @@ async def run_via_batch_api(
 
 async def _answer(
     enricher: EnricherCore, job: _Job, row: Answer | None, semaphore: asyncio.Semaphore
-) -> tuple[LLMResult[Enrichment], Usage]:
+) -> tuple[LLMResult[AnswerBase], Usage]:
     """The validated answer for one job: the batch's row if it is valid (read and validated as
     a direct answer is), else a direct re-ask (with the row's validation errors fed back when
     there was a usable row)."""

@@ -23,13 +23,14 @@ from ..errors import ChatDashError, ConfigError
 from ..formats import parse_transcript
 from ..ledger import LedgerBackend, LedgerEntry, State, default_ledger_path, open_ledger
 from ..llm import LLMResult, RateLimiter, StructuredLLM, get_counter
-from ..models.enrichment import Enrichment, ground_queries
+from ..models.enrichment import AnswerBase, Enrichment, ground_queries
 from ..models.fingerprint import FINGERPRINT_VERSION, Fingerprint
 from ..models.results import CostEstimate, EnrichmentResult, ReplayReport
 from ..models.transcript import Transcript
 from ..models.usage import Usage
 from .longcall import PART_SCHEMA, map_reduce, plan
-from .profile import Profile
+from .profile import Profile, Profiles
+from .skip import sent_before, skip_reason, skipped_estimate, skipped_result
 from .sync import LoopThread
 
 __all__ = ["EnricherCore", "TranscriptInput", "count_tokens"]
@@ -75,7 +76,8 @@ class EnricherCore:
             limiter = RateLimiter(self.config.llm.rpm, self.config.llm.tpm)
         self.llm = StructuredLLM(self.config.llm, limiter)
         self.chatdash = ChatDash(self.config.chatdash)
-        self._default = Profile(self.config)
+        self._profiles = Profiles(self.config)  # built now: a broken one fails before any call
+        self._default = self._profiles.default
         #: The synchronous face: a private event loop in a daemon thread.
         self.sync = LoopThread()
         ledger = self.config.ledger
@@ -101,8 +103,9 @@ class EnricherCore:
     # -- profiles -------------------------------------------------------------------------------
 
     def profile(self, agent_id: str | None = None) -> Profile:
-        """The analysis set-up for the conversations of ``agent_id`` (today, one for all)."""
-        return self._default
+        """The analysis set-up for the conversations of ``agent_id``: its own when the
+        configuration's ``agents`` overrides it, else the default one (``analysis``)."""
+        return self._profiles.get(agent_id)
 
     @property
     def prompts(self) -> Any:
@@ -145,7 +148,7 @@ class EnricherCore:
 
     async def _ask(
         self, parsed: Transcript, profile: Profile
-    ) -> tuple[LLMResult[Enrichment], Literal["single", "map_reduce"], int, int]:
+    ) -> tuple[LLMResult[AnswerBase], Literal["single", "map_reduce"], int, int]:
         """The LLM's validated answer: (LLMResult, strategy, parts, transcript tokens)."""
         the_plan = plan(parsed, profile)
         if the_plan.strategy == "single":
@@ -183,8 +186,8 @@ class EnricherCore:
 
         async def stored() -> tuple[EnrichmentResult, LedgerEntry] | None:
             entry = await ledger.aget(agent_id, conversation_id)  # type: ignore[union-attr,arg-type]
-            if entry is None or entry.fingerprint != fingerprint:
-                return None
+            if entry is None or entry.fingerprint != fingerprint or entry.state == State.SKIPPED:
+                return None  # (a skipped entry holds no enrichment to reuse)
             result = _from_ledger(entry, **base)
             result.update = profile.update(result.enrichment, parsed)  # today's write.fields
             return result, entry
@@ -236,7 +239,7 @@ class EnricherCore:
     async def afinish(
         self,
         parsed: Transcript,
-        answer: LLMResult[Enrichment],
+        answer: LLMResult[Any],
         agent_id: str | None,
         conversation_id: str | None,
         *,
@@ -246,16 +249,19 @@ class EnricherCore:
         transcript_tokens: int = 0,
         cost: float | None = None,
     ) -> EnrichmentResult:
-        """Turn the LLM's validated answer into a result: ground the queries, build the PUT
-        body, and keep it in the ledger (in ``state``) before anything else can go wrong."""
+        """Turn the LLM's validated answer (of the profile's output model) into a result: the
+        enrichment, its queries grounded, the PUT body; and keep it in the ledger (in
+        ``state``) before anything else can go wrong."""
         profile = self.profile(agent_id)
+        enrichment = profile.spec.enrichment(answer.value)
         kept, dropped = ground_queries(
-            answer.value.misunderstood_queries, [t.text for t in parsed.user_turns]
+            enrichment.misunderstood_queries, [t.text for t in parsed.user_turns]
         )
-        enrichment = answer.value.model_copy(update={"misunderstood_queries": kept})
+        enrichment = enrichment.model_copy(update={"misunderstood_queries": kept})
         result = EnrichmentResult(
             enrichment=enrichment,
             update=profile.update(enrichment, parsed),
+            withheld=profile.spec.withheld(enrichment),
             usage=answer.usage,
             cost=cost if cost is not None else self.config.cost(answer.model, answer.usage),
             attempts=answer.attempts,
@@ -301,13 +307,54 @@ class EnricherCore:
 
         With both ids and a ledger, the result is kept there (``enriched``), and a transcript
         already enriched with the same model, prompts and taxonomy is not paid for twice
-        (``force`` asks the LLM anyway).
+        (``force`` asks the LLM anyway). One with nothing to analyse is skipped (:meth:`askip`).
         """
         parsed = self.parse(transcript, format=format)
+        skipped = await self.askip(parsed, agent_id, conversation_id, write=False)
+        if skipped is not None:
+            return skipped
         result, _ = await self._enrich(
             parsed, agent_id, conversation_id, force=force, state=State.ENRICHED
         )
         return result
+
+    # -- conversations with nothing to analyse (see enrich.engine.skip) -------------------------
+
+    def skip_reason(self, transcript: Transcript, agent_id: str | None = None) -> str | None:
+        """Why ``transcript`` is not worth analysing (fewer user turns than the profile's
+        ``analysis.min_user_turns``: no answer, voicemail...), or None. No LLM call is made."""
+        return skip_reason(transcript, self.profile(agent_id))
+
+    async def askip(
+        self,
+        parsed: Transcript,
+        agent_id: str | None,
+        conversation_id: str | None,
+        *,
+        write: bool,
+        force: bool = False,
+    ) -> EnrichmentResult | None:
+        """The result of a conversation with nothing to analyse, kept in the ledger as
+        ``skipped`` and, with ``write``, its body written (with ``write.metadata`` the call's
+        platform fields and ``noAnswer``; without, none) unless ChatDash has it already
+        (``force`` sends it anyway); None if the conversation is to be analysed."""
+        profile = self.profile(agent_id)
+        result = skipped_result(parsed, profile, agent_id, conversation_id)
+        if result is None:
+            return None
+        if self.ledger is not None and agent_id and conversation_id:
+            await self.ledger.askip(
+                agent_id,
+                conversation_id,
+                profile.fingerprint(parsed),
+                reason=result.skipped or "",
+                body=result.update,
+            )
+        if not write or not result.update:
+            return result
+        if not force and await sent_before(self.ledger, result):
+            return result.model_copy(update={"written": True, "already_written": True})
+        return await self.awrite(result)
 
     async def awrite(self, result: EnrichmentResult) -> EnrichmentResult:
         """PUT ``result.update`` to its conversation; returns the result marked written.
@@ -358,6 +405,7 @@ class EnricherCore:
         already written is not paid for nor written again (``force`` does both).
         ``skip_written`` (a batch resuming) trusts the ledger without fetching again: a
         conversation written with today's model, prompts and taxonomy is skipped as it is.
+        A conversation with nothing to analyse is skipped, no LLM call (:meth:`askip`).
         """
         conversation_path(agent_id, conversation_id)  # bad ids fail before anything is paid
         self.chatdash.check()  # a write that cannot happen is known before the LLM is paid
@@ -369,6 +417,9 @@ class EnricherCore:
             parsed = await self.afetch(agent_id, conversation_id)
         else:
             parsed = self.parse(transcript, format=format)
+        skipped = await self.askip(parsed, agent_id, conversation_id, write=True, force=force)
+        if skipped is not None:
+            return skipped
         result, entry = await self._enrich(
             parsed, agent_id, conversation_id, force=force, state=State.PENDING
         )
@@ -430,6 +481,8 @@ class EnricherCore:
         prompt tokens as planned (offline count), ``completion_tokens`` per answer, list price."""
         profile = self.profile(agent_id)
         parsed = self.parse(transcript, format=format)
+        if (reason := skip_reason(parsed, profile)) is not None:
+            return skipped_estimate(reason)  # nothing to analyse: no request, nothing to pay
         p = plan(parsed, profile)
         counter_schema = json.dumps(profile.schema)
         if p.strategy == "single":

@@ -148,7 +148,7 @@ async def enrich_item(enricher: EnricherCore, raw: Any, *, write: bool, force: b
                 force=force,
                 skip_written=True,
             )
-            status: Status = "skipped" if result.already_written else "written"
+            status: Status = "skipped" if result.already_written or result.skipped else "written"
         else:
             if transcript is None:
                 transcript = await enricher.afetch(item.agent_id, conversation_id)
@@ -159,7 +159,7 @@ async def enrich_item(enricher: EnricherCore, raw: Any, *, write: bool, force: b
                 conversation_id=conversation_id,
                 force=force,
             )
-            status = "enriched"
+            status = "skipped" if result.skipped else "enriched"
     except Exception as exc:  # noqa: BLE001 - one failure never aborts the batch
         return failed_result(item, conversation_id, exc, start)
     return BatchResult(

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, LLMError
 from ..llm import LLMResult, StructuredLLM, get_counter
-from ..models.enrichment import Enrichment, PartNotes, strict_schema
+from ..models.enrichment import AnswerBase, PartNotes, strict_schema
 from ..models.transcript import ROLE_LABELS, Transcript, Turn
 from ..models.usage import Usage
 from ..prompts import Prompts
@@ -75,7 +75,11 @@ class _Budget:
 
     def context(self, **extra: Any) -> dict[str, Any]:
         return self.prompts.context(
-            self.profile.analysis, schema=self.schema, mode=self.settings.mode, **extra
+            self.profile.analysis,
+            schema=self.schema,
+            mode=self.settings.mode,
+            spec=self.profile.spec,
+            **extra,
         )
 
 
@@ -91,7 +95,7 @@ def plan(transcript: Transcript, profile: Profile) -> Plan:
     b = _Budget(profile)
     prompts, schema, llm = profile.prompts, profile.schema, profile.llm
     context = b.context(transcript=transcript)
-    system = prompts.render("system.j2", **context)
+    system = prompts.system(context)
     user = prompts.render("user.j2", **context)
     single = b.left(system, schema)
     tokens = b.count(user)
@@ -168,7 +172,7 @@ class _Spend:
 
 async def map_reduce(
     transcript: Transcript, the_plan: Plan, profile: Profile, llm: StructuredLLM
-) -> tuple[LLMResult[Enrichment], int]:
+) -> tuple[LLMResult[AnswerBase], int]:
     """Enrich a long call from notes on its parts; returns the final result (its usage and
     attempts summed over every call) and the number of parts."""
     b = _Budget(profile)
@@ -213,7 +217,9 @@ async def map_reduce(
         ending_budget = min(ENDING_TOKENS, the_plan.budget // 5)
         ending = _ending(transcript.dialogue, ending_budget, b)
         while True:
-            messages = prompts.reduce_messages(notes, ending, analysis, schema=schema, mode=mode)
+            messages = prompts.reduce_messages(
+                notes, ending, analysis, schema=schema, mode=mode, spec=profile.spec
+            )
             if b.count(messages[1]["content"]) <= the_plan.budget:
                 break
             if ending:

@@ -4,7 +4,10 @@ It holds what the engine needs to ask and to write for a conversation: the analy
 so the output model, the JSON schema and the PUT body), the prompt templates, the analysis
 settings the templates read, the LLM settings that bound a request, and the part of every
 fingerprint that does not depend on the transcript. :class:`~enrich.Enricher` keeps one profile
-per set-up and picks the conversation's by its agent.
+per set-up and picks the conversation's by its agent: the default one (``analysis``), and one for
+each agent whose ``agents`` overrides change it (:meth:`~enrich.config.Config.for_agent`). As the
+fingerprint's prompts-and-analysis and taxonomy hashes are the profile's, changing one agent's
+set-up re-enriches that agent's conversations only.
 """
 
 from __future__ import annotations
@@ -12,23 +15,37 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import AnalysisSettings, Config, LLMSettings
+from ..errors import TemplateError
 from ..models.fingerprint import Fingerprint, digest
 from ..models.spec import AnalysisSpec
 from ..models.transcript import Transcript
-from ..prompts import Prompts
+from ..prompts import BASE_TEMPLATES, Prompts
 
-__all__ = ["Profile"]
+__all__ = ["Profile", "Profiles", "DEFAULT_PROFILE"]
+
+#: The name of the profile of ``analysis`` itself (an agent's profile is named by its id).
+DEFAULT_PROFILE = "default"
 
 
 class Profile:
-    """The resolved analysis of one set-up (today, the configuration's ``analysis``)."""
+    """The resolved analysis of one set-up: ``config.analysis`` (for an agent, ``config`` is
+    :meth:`Config.for_agent <enrich.config.Config.for_agent>`'s)."""
 
-    def __init__(self, config: Config, *, name: str = "default") -> None:
+    def __init__(self, config: Config, *, name: str = DEFAULT_PROFILE) -> None:
         self.name = name
         self.analysis: AnalysisSettings = config.analysis
         self.llm: LLMSettings = config.llm
         self.spec: AnalysisSpec = config.spec()
-        self.prompts = Prompts(config.analysis.prompts_dir)
+        try:
+            self.prompts = Prompts(config.analysis.prompts_dir)
+        except TemplateError as exc:
+            if name == DEFAULT_PROFILE:
+                raise
+            where = f"(agents.{name}.prompts_dir)"
+            message = str(exc).replace("(analysis.prompts_dir)", where)
+            raise TemplateError(
+                message if where in message else f"agent {name}: {message}"
+            ) from None
         self.write_metadata = config.write.metadata
         self.min_user_turns = config.analysis.min_user_turns
         self._static: tuple[str, str, str] | None = None
@@ -48,7 +65,7 @@ class Profile:
     def messages(self, transcript: Transcript) -> list[dict[str, str]]:
         """The chat messages for one conversation that fits one request."""
         return self.prompts.messages(
-            transcript, self.analysis, schema=self.schema, mode=self.llm.mode
+            transcript, self.analysis, schema=self.schema, mode=self.llm.mode, spec=self.spec
         )
 
     def update(self, enrichment: Any, transcript: Transcript) -> dict[str, Any]:
@@ -59,14 +76,22 @@ class Profile:
     def static_fingerprint(self) -> tuple[str, str, str]:
         """The model, prompts-and-analysis and taxonomy hashes of every fingerprint (read once).
 
-        Computed as release 0.1 computed them (fingerprint version 1), so ledgers it wrote are
-        reused."""
+        An analysis with neither its own fields nor named criteria hashes as release 0.1 did
+        (fingerprint version 1), so ledgers it wrote are reused; the fields, the named criteria
+        and ``analysis.j2`` count only where they are used."""
         if self._static is None:
-            a = self.analysis
+            a, spec = self.analysis, self.spec
+            criteria = [c if isinstance(c, str) else c.model_dump() for c in a.success_criteria]
+            names = list(BASE_TEMPLATES)
+            extra: list[Any] = []
+            if spec.fields or spec.criteria:
+                names.append("analysis.j2")
+                extra = [[f.model_dump(mode="json", by_alias=True) for f in spec.fields]]
             self._static = (
                 self.llm.model,
                 digest(
-                    [self.prompts.fingerprint(), a.language, a.business_context, a.success_criteria]
+                    [self.prompts.fingerprint(names), a.language, a.business_context, criteria]
+                    + extra
                 ),
                 digest([t.model_dump() for t in a.taxonomy]),
             )
@@ -82,3 +107,26 @@ class Profile:
             prompt_hash=prompt_hash,
             taxonomy_hash=taxonomy_hash,
         )
+
+
+class Profiles:
+    """Every profile of a configuration, built at once (a broken one fails before any call):
+    the default, and one per agent whose ``agents`` overrides change the analysis. An agent
+    without overrides, or whose overrides change nothing, shares the default."""
+
+    def __init__(self, config: Config) -> None:
+        self.default = Profile(config)
+        self._by_agent: dict[str, Profile] = {}
+        for agent_id in config.agents:
+            agent = config.for_agent(agent_id)
+            same = agent.analysis == config.analysis
+            self._by_agent[agent_id] = self.default if same else Profile(agent, name=agent_id)
+
+    def __repr__(self) -> str:
+        return f"Profiles({len(self._by_agent)} agent(s) with overrides)"
+
+    def get(self, agent_id: str | None) -> Profile:
+        """The profile of ``agent_id``'s conversations (``None``: the default)."""
+        if agent_id is None:
+            return self.default
+        return self._by_agent.get(agent_id, self.default)

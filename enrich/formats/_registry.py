@@ -8,8 +8,12 @@ only the one named).
 Bytes are read as UTF-8; text that is not UTF-8 but plain Windows-1252 (else Latin-1) text is read
 as such, with a warning on this module's logger; binary data is refused.
 
-Anything that cannot become a transcript with at least one user turn raises
-:class:`~enrich.errors.TranscriptError` with one line naming the problem and where it is.
+Anything that is not a transcript (empty, binary, invalid or unknown JSON, text without speaker
+labels, a payload of a known platform with no transcript in it) raises
+:class:`~enrich.errors.TranscriptError` with one line naming the problem and where it is. A
+transcript in a known format is returned even when no user spoke in it (no answer, voicemail, a
+caller who hung up before speaking): whether there is enough to analyse is the engine's call
+(``analysis.min_user_turns``), not the parser's.
 """
 
 from __future__ import annotations
@@ -226,16 +230,9 @@ def _json_loads(text: str, source: str) -> Any:
 
 def _run(fmt: TranscriptFormat, value: Any, source: str) -> Transcript:
     try:
-        transcript = fmt.parse(value)
+        return fmt.parse(value)
     except TranscriptError as exc:
         raise TranscriptError(f"{fmt.name}: {exc.reason}", source=source) from None
-    if not transcript.user_turns:
-        raise TranscriptError(
-            f"no user turn: the {fmt.name} transcript has {len(transcript.turns)} turn(s), "
-            "none of them spoken by the user",
-            source=source,
-        )
-    return transcript
 
 
 def describe_json(value: Any) -> str:

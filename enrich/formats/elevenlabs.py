@@ -2,13 +2,20 @@
 
 Accepted: ``{"type": "post_call_transcription", "event_timestamp": ..., "data": {...}}`` and the
 bare conversation (the ``data`` object, also what ``GET /v1/convai/conversations/{id}``
-answers; recognised by its ``conversation_id``). The other webhook types (``post_call_audio``,
-``call_initiation_failure``) are recognised and refused: they hold no transcript.
+answers; recognised by its ``conversation_id``). A ``call_initiation_failure`` webhook (an
+outbound call that never connected: busy, no answer...) is a transcript with no turns whose call
+was not answered, its ``failure_reason`` the ended reason. ``post_call_audio`` is recognised and
+refused: it holds no transcript.
 
 ``transcript`` entries: ``role`` ``agent`` or ``user``, the words in ``message``, the time in
 ``time_in_call_secs``. ``message`` is null on tool turns: their ``tool_results`` become TOOL turns
 ``"<tool name>: <result>"`` (a null message with no result is dropped). Filler such as ``...`` is
-dropped like any turn without words.
+dropped like any turn without words. An empty ``transcript`` (the caller never spoke, or no
+one did) is a transcript with no turns; a conversation with no ``transcript`` at all is refused.
+
+Whether the call was answered (:attr:`CallMetadata.answered`): not for a
+``call_initiation_failure``, nor when ``metadata.termination_reason`` (free text) mentions
+voicemail (:data:`VOICEMAIL`); otherwise ElevenLabs does not say (``None``).
 """
 
 from __future__ import annotations
@@ -41,7 +48,11 @@ from ._registry import TranscriptFormat, register_format
 
 NAME = "elevenlabs"
 TRANSCRIPTION = "post_call_transcription"
-WEBHOOK_TYPES = {TRANSCRIPTION, "post_call_audio", "call_initiation_failure"}
+FAILURE = "call_initiation_failure"
+WEBHOOK_TYPES = {TRANSCRIPTION, "post_call_audio", FAILURE}
+
+#: Found (case aside) in a ``termination_reason``, it says a voicemail took the call.
+VOICEMAIL = "voicemail"
 
 _SPEAKERS = {"agent": Role.AGENT, "user": Role.USER}
 
@@ -89,6 +100,19 @@ def _entries(entries: list[Any], path: str) -> list[Turn]:
     return turns
 
 
+def _not_connected(data: dict[str, Any]) -> Transcript:
+    """A call that never connected (``call_initiation_failure``): no turns, not answered."""
+    return transcript(
+        [],
+        NAME,
+        platform=NAME,
+        platform_id=opt_str(data.get("conversation_id")),
+        agent_id=opt_str(data.get("agent_id")),
+        ended_reason=opt_str(data.get("failure_reason")),
+        answered=False,
+    )
+
+
 def parse(value: Any) -> Transcript:
     if not isinstance(value, dict):
         raise TranscriptError(
@@ -97,6 +121,8 @@ def parse(value: Any) -> Transcript:
     if "data" in value and isinstance(value.get("type"), str):
         kind = value["type"]
         data, prefix = expect_object(value["data"], "data"), "data"
+        if kind == FAILURE and data.get("transcript") is None:
+            return _not_connected(data)
         if kind != TRANSCRIPTION and data.get("transcript") is None:
             named = kind if kind in WEBHOOK_TYPES else repr(kind)
             raise TranscriptError(
@@ -115,6 +141,8 @@ def parse(value: Any) -> Transcript:
     duration = opt_float(metadata.get("call_duration_secs"))
     started_at = from_epoch(metadata.get("start_time_unix_secs"))
     phone_call = metadata.get("phone_call")
+    ended_reason = opt_str(metadata.get("termination_reason"))
+    voicemail = ended_reason is not None and VOICEMAIL in ended_reason.casefold()
     return transcript(
         turns,
         NAME,
@@ -126,7 +154,8 @@ def parse(value: Any) -> Transcript:
         started_at=started_at,
         ended_at=plus_seconds(started_at, duration),
         duration_seconds=duration,
-        ended_reason=opt_str(metadata.get("termination_reason")),
+        ended_reason=ended_reason,
+        answered=False if voicemail else None,
         extra=present(analysis=data.get("analysis"), main_language=metadata.get("main_language")),
     )
 

@@ -16,6 +16,15 @@ of its own). Consecutive ``dtmf`` entries (keys the caller pressed) become one u
 ``state_transition``, ``sms`` and ``injected`` entries are not dialogue and are left out; so is an
 entry of a role this version does not know (with a warning). A turn's ``start`` is its first
 word's ``start`` (calls) or its ``created_timestamp`` after the chat's start (chats).
+
+A call with nothing said (no answer, voicemail) is a transcript with no turns, not an error, when
+its transcript fields are there but empty, or when the call says it was not answered; a payload
+with no transcript field at all (a ``call_started`` event) is refused.
+
+Whether the call was answered (:attr:`CallMetadata.answered`): not when ``call_status`` is
+``not_connected``, ``disconnection_reason`` is one of :data:`NOT_ANSWERED`, or
+``call_analysis.in_voicemail`` is true; answered when ``call_status`` is ``ongoing`` or ``ended``
+otherwise; unknown for chats and anything else.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from ._common import (
     expect_list,
     expect_object,
     from_epoch,
+    get_in,
     index_path,
     json_type,
     key_path,
@@ -57,6 +67,28 @@ _ALL_SOURCES = (
     "message_with_tool_calls",
     "transcript",
 )
+
+#: ``disconnection_reason`` values that say no one answered the call: the number was busy, did
+#: not pick up, could not be dialled or declined (these calls are also ``not_connected``), or a
+#: voicemail or answering machine took it.
+NOT_ANSWERED = frozenset(
+    {
+        "dial_no_answer",
+        "dial_busy",
+        "dial_failed",
+        "invalid_destination",
+        "telephony_provider_permission_denied",
+        "telephony_provider_unavailable",
+        "sip_routing_error",
+        "marked_as_spam",
+        "user_declined",
+        "voicemail_reached",
+        "machine_detected",
+    }
+)
+#: ``call_status`` of a call that never connected, and of calls that did.
+NOT_CONNECTED = "not_connected"
+CONNECTED = frozenset({"ongoing", "ended"})
 
 
 def _is_envelope(value: dict[str, Any]) -> bool:
@@ -126,14 +158,29 @@ def _empty(value: Any) -> bool:
     return (isinstance(value, list) and not value) or (isinstance(value, str) and not value.strip())
 
 
-def _turns(obj: dict[str, Any], prefix: str, kind: str) -> list[Turn]:
+def _answered(obj: dict[str, Any], kind: str) -> bool | None:
+    """What the call says of being answered (see the module's docstring)."""
+    if kind != "call":
+        return None
+    status = opt_str(obj.get("call_status"))
+    if (
+        status == NOT_CONNECTED
+        or opt_str(obj.get("disconnection_reason")) in NOT_ANSWERED
+        or get_in(obj, "call_analysis", "in_voicemail") is True
+    ):
+        return False
+    return True if status in CONNECTED else None
+
+
+def _turns(obj: dict[str, Any], prefix: str, kind: str, answered: bool | None) -> list[Turn]:
     sources = _CALL_SOURCES if kind == "call" else _CHAT_SOURCES
     found = [key for key in _ALL_SOURCES if obj.get(key) is not None]
     chosen = next((key for key in found if not _empty(obj[key])), None)
     if chosen is None:
+        if found or answered is False:  # nothing was said: a transcript with no turns
+            return []
         listed = ", ".join(sources[:-1]) + f" and {sources[-1]}"
-        state = "all missing" if not found else "all missing or empty"
-        raise TranscriptError(f"the {kind} has no transcript ({listed} are {state})")
+        raise TranscriptError(f"the {kind} has no transcript ({listed} are all missing)")
     path = key_path(prefix, chosen)
     value = obj[chosen]
     if chosen == "transcript":
@@ -154,7 +201,8 @@ def parse(value: Any) -> Transcript:
         kind = "chat" if "chat_id" in value and "call_id" not in value else "call"
         obj, prefix = value, ""
 
-    turns = _turns(obj, prefix, kind)
+    answered = _answered(obj, kind)
+    turns = _turns(obj, prefix, kind, answered)
 
     started_at = from_epoch(obj.get("start_timestamp"), unit=0.001)
     ended_at = from_epoch(obj.get("end_timestamp"), unit=0.001)
@@ -176,6 +224,7 @@ def parse(value: Any) -> Transcript:
         else seconds_between(started_at, ended_at),
         ended_reason=opt_str(obj.get("disconnection_reason")),
         recording_url=opt_str(obj.get("recording_url")),
+        answered=answered,
         extra=present(**{analysis_key: obj.get(analysis_key)}),
     )
 

@@ -11,6 +11,13 @@ lines read by the text format's rules. Message roles: ``system`` (the agent's pr
 ``bot`` (or ``assistant``) is the AI agent, ``user`` the caller; a ``tool_call_result`` becomes a
 TOOL turn ``"<tool name>: <result>"``, while ``tool_calls`` (the request, with no result) is not a
 turn; an unknown role is left out with a warning. Times come from ``secondsFromStart``.
+
+A call with nothing said (no answer, voicemail) is a transcript with no turns, not an error, when
+its messages or transcript are there but empty, or when ``endedReason`` says it was not answered;
+a report with neither at all is refused.
+
+Whether the call was answered (:attr:`CallMetadata.answered`): not when ``endedReason`` is one of
+:data:`NOT_ANSWERED`; otherwise Vapi does not say (``None``).
 """
 
 from __future__ import annotations
@@ -47,6 +54,18 @@ REPORT = "end-of-call-report"
 
 _SPEAKERS = {"bot": Role.AGENT, "assistant": Role.AGENT, "user": Role.USER}
 _NOT_DIALOGUE = {"system", "tool_calls"}
+
+#: ``endedReason`` values that say no one answered the call: it rang out, the line was busy, a
+#: voicemail took it, or the telephony provider could not connect it.
+NOT_ANSWERED = frozenset(
+    {
+        "customer-did-not-answer",
+        "customer-busy",
+        "voicemail",
+        "twilio-failed-to-connect-call",
+        "vonage-failed-to-connect-call",
+    }
+)
 
 
 def _is_call(value: dict[str, Any]) -> bool:
@@ -99,7 +118,7 @@ def _messages(messages: list[Any], path: str) -> list[Turn]:
     return turns
 
 
-def _turns(report: dict[str, Any], prefix: str) -> list[Turn]:
+def _turns(report: dict[str, Any], prefix: str, answered: bool | None) -> list[Turn]:
     artifact_path = key_path(prefix, "artifact")
     artifact = report.get("artifact")
     if artifact is not None:
@@ -118,9 +137,12 @@ def _turns(report: dict[str, Any], prefix: str) -> list[Turn]:
             if not isinstance(text, str):
                 raise TranscriptError(f"{path}: expected a string, not {json_type(text)}")
             return text_turns(text, path)
+    if answered is False or any(
+        holder.get(key) is not None for holder, _ in places for key in ("messages", "transcript")
+    ):
+        return []  # nothing was said: a transcript with no turns
     raise TranscriptError(
-        "the call has no transcript (artifact.messages and artifact.transcript are "
-        "both missing or empty)"
+        "the call has no transcript (artifact.messages and artifact.transcript are both missing)"
     )
 
 
@@ -142,13 +164,15 @@ def parse(value: Any) -> Transcript:
             )
         raise TranscriptError(f"neither an {REPORT} (no type {REPORT!r}) nor a call object")
 
-    turns = _turns(report, prefix)
-
     call = report.get("call") if isinstance(report.get("call"), dict) else report
 
     def field(key: str) -> Any:  # the report's own value, else the call's
         value = report.get(key)
         return value if value is not None else get_in(call, key)
+
+    ended_reason = opt_str(field("endedReason"))
+    answered = False if ended_reason in NOT_ANSWERED else None
+    turns = _turns(report, prefix, answered)
 
     started_at, ended_at = from_iso(field("startedAt")), from_iso(field("endedAt"))
     duration = opt_float(field("durationSeconds"))
@@ -168,10 +192,11 @@ def parse(value: Any) -> Transcript:
         started_at=started_at,
         ended_at=ended_at,
         duration_seconds=duration,
-        ended_reason=opt_str(field("endedReason")),
+        ended_reason=ended_reason,
         recording_url=opt_str(get_in(report, "artifact", "recordingUrl"))
         or opt_str(report.get("recordingUrl")),
         cost=opt_float(field("cost")),
+        answered=answered,
         extra=present(analysis=field("analysis")),
     )
 

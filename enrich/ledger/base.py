@@ -16,10 +16,18 @@ the hashing scheme), the enrichment, the tokens and cost, and the PUT body.
 ``pending``   to be written: not yet tried, or failed for a reason that may pass (replay it)
 ``written``   ChatDash took it
 ``failed``    ChatDash refused it (4xx): replay it with ``--failed`` once the cause is fixed
+``skipped``   nothing to analyse (no answer, voicemail, a caller who never spoke): no LLM call,
+              nothing paid (:meth:`~LedgerBackend.skip`)
 
 A fresh :meth:`~LedgerBackend.record` replaces the conversation's older enrichment and resets
 its attempts; :meth:`~LedgerBackend.written` marks it written only if the body sent is still
 the stored one (a newer enrichment recorded meanwhile stays to be written).
+
+**Skipped conversations** keep their fingerprint and why they were skipped (``enrichment`` is
+``{"skipped": why}``), no usage, a cost of 0, and the body written for them (the ``noAnswer``
+one, or none): they stay ``skipped`` whatever becomes of that write (``written_at`` says it was
+taken; a failed one is tried again by the next run, not by replay). A skip never replaces an
+enrichment that was paid for: it is then only noted in the history.
 
 **History.** Every step is also appended to the conversation's events
 (:meth:`~LedgerBackend.history`), in the order it happened.
@@ -72,6 +80,7 @@ class State(StrEnum):
     PENDING = "pending"
     WRITTEN = "written"
     FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 class LedgerEntry(Fingerprint):
@@ -184,6 +193,21 @@ class LedgerBackend(ABC):
         """Store a fresh enrichment (replacing an older one), durably, before any write."""
 
     @abstractmethod
+    def skip(
+        self,
+        agent_id: str,
+        conversation_id: str,
+        fingerprint: Fingerprint,
+        *,
+        reason: str,
+        body: dict[str, Any],
+    ) -> None:
+        """Keep a conversation that was not analysed (nothing to analyse) as ``skipped``, with
+        ``reason`` in its history and ``body`` to write (``{}``: nothing). An entry already
+        skipped with the same body keeps its ``written_at``; an enrichment that was paid for is
+        kept as it is (the skip is only noted)."""
+
+    @abstractmethod
     def queue(self, agent_id: str, conversation_id: str, body: dict[str, Any], event: str) -> None:
         """Mark a stored enrichment ``pending`` with ``body`` (reused, or re-narrowed); ``event``
         names why in the history."""
@@ -195,14 +219,16 @@ class LedgerBackend(ABC):
 
     @abstractmethod
     def written(self, agent_id: str, conversation_id: str, body: dict[str, Any]) -> None:
-        """ChatDash took ``body``: the entry is ``written`` if ``body`` is still the stored one."""
+        """ChatDash took ``body``: the entry is ``written`` if ``body`` is still the stored one
+        (a ``skipped`` one stays skipped, its ``written_at`` set)."""
 
     @abstractmethod
     def write_failed(
         self, agent_id: str, conversation_id: str, error: str, *, permanent: bool
     ) -> None:
         """The write failed: ``failed`` if ChatDash refused it (``permanent``), else
-        ``pending``; the lease is released and the error kept."""
+        ``pending`` (a ``skipped`` entry stays skipped); the lease is released and the error
+        kept."""
 
     # -- enrichments in flight ------------------------------------------------------------------
 
@@ -279,6 +305,19 @@ class LedgerBackend(ABC):
             usage=usage,
             cost=cost,
             state=state,
+        )
+
+    async def askip(
+        self,
+        agent_id: str,
+        conversation_id: str,
+        fingerprint: Fingerprint,
+        *,
+        reason: str,
+        body: dict[str, Any],
+    ) -> None:
+        await self._call(
+            self.skip, agent_id, conversation_id, fingerprint, reason=reason, body=body
         )
 
     async def aqueue(

@@ -105,6 +105,57 @@ def m002_fingerprint_version(conn: sqlite3.Connection) -> None:
     )
 
 
+#: The conversations table as :func:`m003_skipped_state` leaves it: 0.1's, the fingerprint
+#: version of m002, and ``skipped`` among the states.
+_CONVERSATIONS_V3 = """
+CREATE TABLE conversations_v3 (
+    agent_id        TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    transcript_hash TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    prompt_hash     TEXT NOT NULL,
+    taxonomy_hash   TEXT NOT NULL,
+    enrichment      TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    requests          INTEGER NOT NULL DEFAULT 0,
+    cost            REAL,
+    state           TEXT NOT NULL
+                    CHECK (state IN ('enriched', 'pending', 'written', 'failed', 'skipped')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    claimed_until   REAL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    written_at      TEXT,
+    fingerprint_version INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (agent_id, conversation_id)
+)
+"""
+_CONVERSATIONS_COLUMNS = (
+    "agent_id, conversation_id, transcript_hash, model, prompt_hash, taxonomy_hash, enrichment, "
+    "body, prompt_tokens, completion_tokens, cached_tokens, requests, cost, state, attempts, "
+    "last_error, claimed_until, created_at, updated_at, written_at, fingerprint_version"
+)
+
+
+@migration
+def m003_skipped_state(conn: sqlite3.Connection) -> None:
+    """``skipped`` becomes a state (a conversation with nothing to analyse). SQLite cannot
+    change a CHECK constraint in place: the table is rebuilt, its rows copied as they are, and
+    its index made again."""
+    conn.execute(_CONVERSATIONS_V3)
+    conn.execute(
+        f"INSERT INTO conversations_v3 ({_CONVERSATIONS_COLUMNS}) "
+        f"SELECT {_CONVERSATIONS_COLUMNS} FROM conversations"
+    )
+    conn.execute("DROP TABLE conversations")
+    conn.execute("ALTER TABLE conversations_v3 RENAME TO conversations")
+    conn.execute("CREATE INDEX IF NOT EXISTS conversations_state ON conversations (state)")
+
+
 _TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
 
 

@@ -329,6 +329,53 @@ class SQLiteLedger(LedgerBackend):
                 },
             )
 
+    def skip(
+        self,
+        agent_id: str,
+        conversation_id: str,
+        fingerprint: Fingerprint,
+        *,
+        reason: str,
+        body: dict[str, Any],
+    ) -> None:
+        """Keep a conversation with nothing to analyse as ``skipped`` (never over a paid one)."""
+        now = _now()
+        body_json = json.dumps(body, ensure_ascii=False)
+        with self._tx() as conn:
+            conn.execute(
+                """
+                INSERT INTO conversations (
+                    agent_id, conversation_id, transcript_hash, model, prompt_hash, taxonomy_hash,
+                    fingerprint_version, enrichment, body, prompt_tokens, completion_tokens,
+                    cached_tokens, requests, cost, state, attempts, last_error, claimed_until,
+                    created_at, updated_at, written_at
+                ) VALUES (?,?,?,?,?,?,?,?,?,0,0,0,0,0.0,'skipped',0,NULL,NULL,?,?,NULL)
+                ON CONFLICT (agent_id, conversation_id) DO UPDATE SET
+                    transcript_hash = excluded.transcript_hash, model = excluded.model,
+                    prompt_hash = excluded.prompt_hash, taxonomy_hash = excluded.taxonomy_hash,
+                    fingerprint_version = excluded.fingerprint_version,
+                    enrichment = excluded.enrichment, body = excluded.body,
+                    updated_at = excluded.updated_at, last_error = NULL, claimed_until = NULL,
+                    written_at = CASE WHEN conversations.body = excluded.body
+                        THEN conversations.written_at END
+                WHERE conversations.state = 'skipped'
+                """,
+                (
+                    agent_id,
+                    conversation_id,
+                    fingerprint.transcript_hash,
+                    fingerprint.model,
+                    fingerprint.prompt_hash,
+                    fingerprint.taxonomy_hash,
+                    fingerprint.version,
+                    json.dumps({"skipped": reason}, ensure_ascii=False),
+                    body_json,
+                    now,
+                    now,
+                ),
+            )
+            self._event(conn, agent_id, conversation_id, "skipped", {"why": reason})
+
     def queue(self, agent_id: str, conversation_id: str, body: dict[str, Any], event: str) -> None:
         """Mark a stored enrichment ``pending`` with ``body`` (reused, or re-narrowed)."""
         with self._tx() as conn:
@@ -356,8 +403,10 @@ class SQLiteLedger(LedgerBackend):
         now = _now()
         with self._tx() as conn:
             conn.execute(
-                "UPDATE conversations SET state = 'written', attempts = attempts + 1, "
-                "last_error = NULL, claimed_until = NULL, updated_at = ?, written_at = ? "
+                "UPDATE conversations SET "
+                "state = CASE state WHEN 'skipped' THEN 'skipped' ELSE 'written' END, "
+                "attempts = attempts + 1, last_error = NULL, claimed_until = NULL, "
+                "updated_at = ?, written_at = ? "
                 "WHERE agent_id = ? AND conversation_id = ? AND body = ?",
                 (now, now, agent_id, conversation_id, json.dumps(body, ensure_ascii=False)),
             )
@@ -368,6 +417,12 @@ class SQLiteLedger(LedgerBackend):
     ) -> None:
         state = State.FAILED if permanent else State.PENDING
         with self._tx() as conn:
+            row = conn.execute(
+                "SELECT state FROM conversations WHERE agent_id = ? AND conversation_id = ?",
+                (agent_id, conversation_id),
+            ).fetchone()
+            if row is not None and row["state"] == State.SKIPPED.value:
+                state = State.SKIPPED  # its write is tried again by the next run
             conn.execute(
                 "UPDATE conversations SET state = ?, attempts = attempts + 1, last_error = ?, "
                 "claimed_until = NULL, updated_at = ? WHERE agent_id = ? AND conversation_id = ?",

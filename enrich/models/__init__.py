@@ -1,7 +1,15 @@
 """Pure data: the transcript, the analysis spec, the enrichment, the PUT body, results, usage and
 fingerprints. No I/O and nothing from the layers above (configuration, adapters, the engine)."""
 
-from .enrichment import Enrichment, Evaluation, MisunderstoodQuery, PartNotes, ground_queries
+from .enrichment import (
+    CriterionVerdict,
+    Enrichment,
+    Evaluation,
+    MisunderstoodQuery,
+    PartNotes,
+    ground_queries,
+)
+from .fields import PRESETS, Criterion, CustomField
 from .fingerprint import Fingerprint, digest
 from .results import (
     BatchItem,
@@ -19,6 +27,10 @@ from .usage import Usage
 
 __all__ = [
     "AnalysisSpec",
+    "Criterion",
+    "CriterionVerdict",
+    "CustomField",
+    "PRESETS",
     "BatchItem",
     "BatchResult",
     "BatchTotals",

@@ -1,11 +1,17 @@
-"""What the LLM must return and how it is checked.
+"""The enrichment of one conversation, and the parts every answer of the model is made of.
 
-- :class:`Enrichment` is the validated answer. Validated with a taxonomy in the context
-  (``{"taxonomy": [...]}``), its topic must be one of the taxonomy's and its subtopic one of that
-  topic's.
+- :class:`Enrichment` is the result: summary, topic and subtopic, misunderstood queries, the
+  :class:`Evaluation` (a verdict, its reason, and one :class:`CriterionVerdict` per named success
+  criterion), and the agency's own fields (``custom``). It is what the ledger keeps, what the
+  library returns, and what every projection (the PUT body, a result row) is made from.
+- What the model is asked to return is built from the analysis spec
+  (:meth:`~enrich.models.spec.AnalysisSpec.output_model`, on :class:`AnswerBase`) and turned into
+  an :class:`Enrichment` by :meth:`~enrich.models.spec.AnalysisSpec.enrichment`. Validated with a
+  taxonomy in the context (``{"taxonomy": [...]}``), the topic must be one of the taxonomy's and
+  the subtopic one of that topic's.
 - :func:`strict_schema` makes a model's JSON schema strict-mode compatible (every property
-  required, no additional properties); :class:`~enrich.models.spec.AnalysisSpec` adds the
-  taxonomy's enums.
+  required, no additional properties, no descriptions: the instructions describe each field
+  once, in the prompt).
 - :func:`ground_queries` keeps only the misunderstood queries the user really said.
 - :class:`PartNotes` are the notes taken on one part of a call too long for one request.
 """
@@ -17,14 +23,18 @@ import difflib
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 __all__ = [
     "Evaluation",
+    "CriterionVerdict",
+    "Verdict",
     "MisunderstoodQuery",
     "Enrichment",
+    "AnswerBase",
+    "AnswerEvaluation",
     "strict_schema",
     "PartNotes",
     "ground_queries",
@@ -42,13 +52,44 @@ class _Strict(BaseModel):
 MAX_QUERIES = 10
 
 
+#: A verdict on the whole conversation or on one criterion. ``unknown``: the conversation is too
+#: short or off-topic to judge.
+Verdict = Literal["success", "failure", "unknown"]
+
+
+class CriterionVerdict(_Strict):
+    """The verdict on one named success criterion, and why."""
+
+    name: str
+    verdict: Verdict
+    rationale: str
+
+
 class Evaluation(_Strict):
+    """How the conversation fared against the success criteria."""
+
     reason: str = Field(
         min_length=1,
         description="Why the conversation did or did not succeed, judged against the success "
-        "criteria, in one or two sentences. Written before the verdict.",
+        "criteria, in one or two sentences.",
     )
-    is_success: bool = Field(description="true if the conversation met the success criteria")
+    is_success: bool | None = Field(
+        description="true if the conversation met the success criteria; None when the verdict "
+        "is unknown (named criteria only)"
+    )
+    verdict: Verdict | None = Field(
+        default=None, description="with named criteria: the overall verdict, unknown included"
+    )
+    criteria: list[CriterionVerdict] = Field(
+        default_factory=list, description="with named criteria: one verdict per criterion"
+    )
+
+
+class AnswerEvaluation(_Strict):
+    """The evaluation the model returns with plain-text success criteria."""
+
+    reason: str = Field(min_length=1)
+    is_success: bool
 
 
 class MisunderstoodQuery(_Strict):
@@ -59,8 +100,34 @@ class MisunderstoodQuery(_Strict):
     )
 
 
-class Enrichment(_Strict):
-    """The analytics for one conversation, as the model returns them after validation."""
+class _InTaxonomy(BaseModel):
+    """Checks, given ``{"taxonomy": [...]}`` as validation context, that the topic is one of the
+    taxonomy's and the subtopic one of that topic's."""
+
+    @model_validator(mode="after")
+    def _within_taxonomy(self, info: ValidationInfo) -> Any:
+        # the spec's topics (anything with .name and .subtopics[].name)
+        taxonomy: Sequence[Any] = (info.context or {}).get("taxonomy") or ()
+        if not taxonomy:
+            return self
+        topic_name, subtopic_name = self.topic, self.subtopic  # type: ignore[attr-defined]
+        by_name = {t.name: t for t in taxonomy}
+        topic = by_name.get(topic_name)
+        if topic is None:
+            names = ", ".join(repr(n) for n in by_name)
+            raise ValueError(f"topic {topic_name!r} is not in the taxonomy; choose one of {names}")
+        allowed = [s.name for s in topic.subtopics]
+        if allowed and subtopic_name not in allowed:
+            names = ", ".join(repr(n) for n in allowed)
+            raise ValueError(
+                f"subtopic {subtopic_name!r} does not belong to topic {topic_name!r}; "
+                f"choose one of {names}"
+            )
+        return self
+
+
+class Enrichment(_InTaxonomy, _Strict):
+    """The analytics for one conversation (see the module's docstring)."""
 
     summary: str = Field(min_length=1, description="A short, factual summary of the conversation.")
     topic: str = Field(min_length=1, description="The main topic of the conversation.")
@@ -70,26 +137,20 @@ class Enrichment(_Strict):
         description="User queries the agent misunderstood or could not answer; empty if none.",
     )
     evaluation: Evaluation
+    custom: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the agency's own fields (analysis.fields and presets), by name; None: not "
+        "mentioned",
+    )
 
-    @model_validator(mode="after")
-    def _within_taxonomy(self, info: ValidationInfo) -> Enrichment:
-        # the spec's topics (anything with .name and .subtopics[].name)
-        taxonomy: Sequence[Any] = (info.context or {}).get("taxonomy") or ()
-        if not taxonomy:
-            return self
-        by_name = {t.name: t for t in taxonomy}
-        topic = by_name.get(self.topic)
-        if topic is None:
-            names = ", ".join(repr(n) for n in by_name)
-            raise ValueError(f"topic {self.topic!r} is not in the taxonomy; choose one of {names}")
-        allowed = [s.name for s in topic.subtopics]
-        if allowed and self.subtopic not in allowed:
-            names = ", ".join(repr(n) for n in allowed)
-            raise ValueError(
-                f"subtopic {self.subtopic!r} does not belong to topic {self.topic!r}; "
-                f"choose one of {names}"
-            )
-        return self
+
+class AnswerBase(_InTaxonomy, _Strict):
+    """What every answer of the model holds; the spec adds the evaluation and its own fields."""
+
+    summary: str = Field(min_length=1)
+    topic: str = Field(min_length=1)
+    subtopic: str = Field(min_length=1)
+    misunderstood_queries: list[MisunderstoodQuery] = Field(max_length=MAX_QUERIES)
 
 
 class PartNotes(_Strict):
@@ -112,16 +173,22 @@ class PartNotes(_Strict):
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
-    """Inline ``$ref``s, drop titles, and close every object (strict structured outputs)."""
+    """Inline ``$ref``s, drop titles and descriptions, and close every object (strict
+    structured outputs). Property names are kept whatever they are (even ``title``)."""
     if isinstance(node, dict):
         if "$ref" in node:
             return _inline(copy.deepcopy(defs[node["$ref"].split("/")[-1]]), defs)
-        out = {k: _inline(v, defs) for k, v in node.items() if k not in ("title", "$defs")}
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("title", "$defs", "description", "minLength"):
+                continue  # minLength: not in strict mode; validation enforces it
+            if key == "properties" and isinstance(value, dict):
+                out[key] = {name: _inline(v, defs) for name, v in value.items()}
+            else:
+                out[key] = _inline(value, defs)
         if out.get("type") == "object":
             out["additionalProperties"] = False
             out["required"] = list(out.get("properties", {}))
-        for key in ("minLength",):  # not supported by strict mode; enforced by validation
-            out.pop(key, None)
         return out
     if isinstance(node, list):
         return [_inline(v, defs) for v in node]

@@ -1,6 +1,7 @@
 """Results: what enriching one conversation, or many, gave.
 
-- :class:`EnrichmentResult`: one conversation's enrichment, its PUT body, tokens and cost;
+- :class:`EnrichmentResult`: one conversation's enrichment, its PUT body, tokens and cost (or,
+  for a call with nothing to analyse, why it was skipped);
 - :class:`BatchItem` and :class:`BatchResult`: one conversation of a batch, in and out;
   :class:`BatchTotals` sums results for progress and the closing summary;
 - :class:`CostEstimate` and :class:`EstimateRow`: what a conversation should cost, before any call;
@@ -36,10 +37,28 @@ Stage = Literal["input", "llm", "chatdash", "config", "internal"]
 
 
 class EnrichmentResult(BaseModel):
-    """What one conversation gave: the enrichment, its cost, and what was (or would be) written."""
+    """What one conversation gave: the enrichment, its cost, and what was (or would be) written.
 
-    enrichment: Enrichment
+    A conversation with nothing to analyse (fewer user turns than ``analysis.min_user_turns``:
+    no answer, voicemail, a caller who never spoke) is not sent to the LLM: its result has no
+    ``enrichment``, says why in ``skipped``, costs nothing, and its ``update`` is the
+    ``noAnswer`` body when metadata is written and the call was not answered, else empty (nothing
+    is written).
+    """
+
+    enrichment: Enrichment | None = Field(
+        default=None, description="None only when the conversation was skipped"
+    )
+    skipped: str | None = Field(
+        default=None,
+        description="why the conversation was not analysed (nothing to analyse): no LLM call",
+    )
     update: dict[str, Any] = Field(description="the PUT body, wire names, only the fields sent")
+    withheld: dict[str, str] = Field(
+        default_factory=dict,
+        description="fields asked to be written but left out of the body, and why (an unknown "
+        "verdict is not written as isSuccess false unless write.unknown_evaluation says so)",
+    )
     usage: Usage
     attempts: int = Field(description="LLM requests made, re-asks and parts included")
     model: str
@@ -72,13 +91,16 @@ class EnrichmentResult(BaseModel):
 
 
 class CostEstimate(BaseModel):
-    """What a conversation should cost, before any LLM call (see :meth:`Enricher.estimate`)."""
+    """What a conversation should cost, before any LLM call (see :meth:`Enricher.estimate`).
+
+    A conversation with nothing to analyse costs nothing: strategy ``skipped``, and why."""
 
     requests: int
     prompt_tokens: int
     completion_tokens: int
     cost: float | None = Field(description="USD at list price; None: the model has no price")
-    strategy: Literal["single", "map_reduce"]
+    strategy: Literal["single", "map_reduce", "skipped"]
+    skipped: str | None = Field(default=None, description="why it would not be analysed")
 
 
 class ReplayReport(BaseModel):
@@ -111,7 +133,12 @@ class BadItem(BaseModel):
 
 
 class BatchResult(BaseModel):
-    """What happened to one item."""
+    """What happened to one item.
+
+    ``skipped`` has two meanings, told apart by ``result``: nothing to analyse
+    (``result.skipped`` says why), or already done (``result.already_written``, or ``error``
+    naming the earlier line of a duplicate).
+    """
 
     agent_id: str | None = None
     conversation_id: str | None = None
@@ -126,12 +153,18 @@ class BatchResult(BaseModel):
 
 
 class BatchTotals(BaseModel):
-    """Running totals, for progress and the closing summary."""
+    """Running totals, for progress and the closing summary.
+
+    ``skipped`` counts what was already done (written before, or a duplicate);
+    ``nothing_to_analyse`` the skipped conversations with nothing to analyse. ``done`` is the sum
+    of ``written``, ``enriched``, ``skipped``, ``nothing_to_analyse`` and ``failed``.
+    """
 
     done: int = 0
     written: int = 0
     enriched: int = 0
     skipped: int = 0
+    nothing_to_analyse: int = 0
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -142,8 +175,11 @@ class BatchTotals(BaseModel):
 
     def add(self, r: BatchResult) -> None:
         self.done += 1
-        setattr(self, r.status, getattr(self, r.status) + 1)
         res = r.result
+        if r.status == "skipped" and res is not None and res.skipped:
+            self.nothing_to_analyse += 1
+        else:
+            setattr(self, r.status, getattr(self, r.status) + 1)
         if res is not None and not res.reused:
             self.prompt_tokens += res.usage.prompt_tokens
             self.completion_tokens += res.usage.completion_tokens
@@ -166,3 +202,6 @@ class EstimateRow(BaseModel):
     completion_tokens: int = 0
     cost: float | None = None
     strategy: str | None = None
+    skipped: str | None = Field(
+        default=None, description="why it would not be analysed (strategy skipped, cost 0)"
+    )

@@ -50,7 +50,9 @@ class CallMetadata(BaseModel):
     """What a platform's payload says about the call, beyond the dialogue. All optional.
 
     ``phone`` and ``phone_secondary`` follow ChatDash's meaning: for Retell the FROM and the TO
-    number; for Vapi and ElevenLabs the CUSTOMER and the AGENT number.
+    number; for Vapi and ElevenLabs the CUSTOMER and the AGENT number. ``answered`` is what the
+    payload says of the call being picked up (``None``: it does not say); a call that was not
+    answered has nothing to analyse, and is written back as ``noAnswer`` when metadata is written.
     """
 
     platform: str | None = None
@@ -64,6 +66,12 @@ class CallMetadata(BaseModel):
     ended_reason: str | None = None
     recording_url: str | None = None
     cost: float | None = None
+    answered: bool | None = Field(
+        default=None,
+        description="whether the call was answered: False when the payload says it was not (no "
+        "answer, busy, voicemail...), True when it says the call connected, None when it does "
+        "not say (each platform format lists what it reads)",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="anything else worth keeping (the platform's analysis...)"
     )
