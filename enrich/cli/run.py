@@ -187,9 +187,16 @@ def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
         e = result.enrichment
         out(f"written: conversation {result.conversation_id} of agent {result.agent_id}")
         out(f"topic: {e.topic} / {e.subtopic}")
-        out(f"success: {str(e.evaluation.is_success).lower()}  ({e.evaluation.reason})")
+        verdict = e.evaluation.verdict or str(e.evaluation.is_success).lower()
+        out(f"success: {verdict}  ({e.evaluation.reason})")
+        for c in e.evaluation.criteria:
+            out(f"  {c.name}: {c.verdict}  ({c.rationale})")
         out(f"summary: {e.summary}")
         out(f"misunderstood queries: {len(e.misunderstood_queries)}")
+        for name, value in e.custom.items():
+            out(f"{name}: {json.dumps(value, ensure_ascii=False)}")
+    for name, why in result.withheld.items():
+        err(f"enrich: {name} not written: {why}")
     if result.reused:
         dropped += "; reused the ledger's enrichment (no LLM call; --force asks again)"
     if result.already_written:

@@ -190,6 +190,7 @@ class EnricherCore:
                 return None  # (a skipped entry holds no enrichment to reuse)
             result = _from_ledger(entry, **base)
             result.update = profile.update(result.enrichment, parsed)  # today's write.fields
+            result.withheld = profile.spec.withheld(result.enrichment)
             return result, entry
 
         if ledger is not None and not force and (found := await stored()) is not None:

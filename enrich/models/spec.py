@@ -345,19 +345,7 @@ class AnalysisSpec(_Frozen):
             if custom:
                 values["customAnalysis"] = custom
         if metadata is not None:
-            platform = {
-                "platformId": metadata.platform_id,
-                "phone": metadata.phone,
-                "phoneSecondary": metadata.phone_secondary,
-                "duration": (
-                    round(metadata.duration_seconds / 60, 2)
-                    if metadata.duration_seconds is not None
-                    else None
-                ),
-                "endedReason": metadata.ended_reason,
-                "url": metadata.recording_url,
-            }
-            values.update({k: v for k, v in platform.items() if v not in (None, "")})
+            values.update(platform_fields(metadata))
         return ConversationUpdate(**values)
 
     def columns(self) -> tuple[str, ...]:
@@ -412,11 +400,9 @@ def build_update(
     return AnalysisSpec(write_fields=tuple(fields)).update(enrichment, metadata)
 
 
-def skipped_update(metadata: CallMetadata) -> ConversationUpdate:
-    """The PUT for a call that was skipped, not analysed (nothing to analyse), when the call's
-    metadata is written: its platform fields under the names :meth:`AnalysisSpec.update` writes
-    them, and ``noAnswer: true`` when the payload says the call was not answered
-    (:attr:`CallMetadata.answered` is False). No enriched field: there is no enrichment."""
+def platform_fields(metadata: CallMetadata) -> dict[str, Any]:
+    """The call's platform metadata under the PUT's own names (``platformId``, ``phone``,
+    ``phoneSecondary``, ``duration`` in minutes, ``endedReason``, ``url``), what it holds only."""
     platform = {
         "platformId": metadata.platform_id,
         "phone": metadata.phone,
@@ -428,6 +414,16 @@ def skipped_update(metadata: CallMetadata) -> ConversationUpdate:
         ),
         "endedReason": metadata.ended_reason,
         "url": metadata.recording_url,
-        "noAnswer": True if metadata.answered is False else None,
     }
-    return ConversationUpdate(**{k: v for k, v in platform.items() if v not in (None, "")})
+    return {k: v for k, v in platform.items() if v not in (None, "")}
+
+
+def skipped_update(metadata: CallMetadata) -> ConversationUpdate:
+    """The PUT for a call that was skipped, not analysed (nothing to analyse), when the call's
+    metadata is written: its :func:`platform_fields`, and ``noAnswer: true`` when the payload
+    says the call was not answered (:attr:`CallMetadata.answered` is False). No enriched field:
+    there is no enrichment."""
+    values = platform_fields(metadata)
+    if metadata.answered is False:
+        values["noAnswer"] = True
+    return ConversationUpdate(**values)

@@ -5,6 +5,7 @@ a valid enrichment built from the request's own schema)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import deque
@@ -69,15 +70,39 @@ class Reply:
 
 
 def _example(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
+    """A value valid against ``schema``: the first non-null choice wherever there is a choice
+    (``enum``, a list of types, ``anyOf``), ``null`` only when it is the sole choice; numbers
+    and arrays within their ``minimum``/``maximum`` and ``minItems``."""
     defs = schema.get("$defs", defs or {})
     if "$ref" in schema:
         return _example(defs.get(schema["$ref"].split("/")[-1], {}), defs)
+    if "anyOf" in schema:
+        options = [o for o in schema["anyOf"] if isinstance(o, dict)]
+        chosen = next((o for o in options if not _only_null(o)), options[0] if options else {})
+        return _example(chosen, defs)
     if "enum" in schema:
-        return schema["enum"][0]
+        values = schema["enum"]
+        return next((v for v in values if v is not None), values[0] if values else None)
     kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         return {k: _example(v, defs) for k, v in schema.get("properties", {}).items()}
-    return {"array": [], "string": "example", "boolean": True, "number": 0, "integer": 0}.get(kind)
+    if kind == "array":
+        return [_example(schema.get("items", {}), defs) for _ in range(schema.get("minItems", 0))]
+    if kind in ("number", "integer"):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if low is not None:
+            return math.ceil(low) if kind == "integer" else low
+        if high is not None and high < 0:
+            return math.floor(high) if kind == "integer" else high
+        return 0
+    return {"string": "example", "boolean": True}.get(kind)
+
+
+def _only_null(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    return kind == "null" or kind == ["null"] or schema.get("enum") == [None]
 
 
 _TEXTS = {
@@ -89,8 +114,9 @@ _TEXTS = {
 
 
 def valid_answer(request: dict[str, Any]) -> dict[str, Any]:
-    """A valid answer to ``request``, built from the schema it sent (its enums honoured), with
-    plausible texts, and the first user line quoted as a misunderstood query."""
+    """A valid answer to ``request``, built from the schema it sent (its enums, nullable types,
+    ``anyOf``, nested objects and bounds honoured; a value wherever ``null`` is only allowed),
+    with plausible texts, and the first user line quoted as a misunderstood query."""
     schema = _request_schema(request) or {}
     props = schema.get("properties", {})
     value = _example(schema) or {}
@@ -99,8 +125,13 @@ def valid_answer(request: dict[str, Any]) -> dict[str, Any]:
             value[key] = text
     if "user_requests" in value:
         value["user_requests"] = ["help with an account"]
-    if isinstance(value.get("evaluation"), dict) and "reason" in value["evaluation"]:
-        value["evaluation"]["reason"] = "The agent resolved the request."
+    evaluation = value.get("evaluation")
+    if isinstance(evaluation, dict) and "reason" in evaluation:
+        evaluation["reason"] = "The agent resolved the request."
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("criteria"), dict):
+        for verdict in evaluation["criteria"].values():  # named criteria
+            if isinstance(verdict, dict) and "rationale" in verdict:
+                verdict["rationale"] = "The conversation shows it."
     if "misunderstood_queries" in value:
         text = _last_user_text(request)
         user_lines = re.findall(r"^User(?: \[[\d:]+\])?: (.+)$", text, re.MULTILINE)
