@@ -160,7 +160,18 @@ class AnalysisSettings(_Section):
     @field_validator("success_criteria", mode="before")
     @classmethod
     def _one_string_is_a_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
+        v = [v] if isinstance(v, str) else v
+        if not isinstance(v, list):
+            return v
+        out = []
+        for i, item in enumerate(v):  # a mapping is a named criterion: say what is wrong with it
+            if isinstance(item, Mapping):
+                try:
+                    item = Criterion.model_validate(item)
+                except ValidationError as exc:
+                    raise ValueError(f"item {i}: {validation_errors(exc)[0]}") from None
+            out.append(item)
+        return out
 
     @field_validator("taxonomy")
     @classmethod
@@ -180,13 +191,17 @@ class AnalysisSettings(_Section):
             raise ValueError(f"criterion listed twice: {', '.join(dupes)}")
         return v
 
-    @model_validator(mode="after")
-    def _fields_resolve(self) -> Self:
-        try:
-            self.resolved_fields()
-        except ValueError as exc:
-            raise PydanticCustomError("fields", str(exc)) from None
-        return self
+    @field_validator("presets")
+    @classmethod
+    def _known_presets(cls, v: list[str]) -> list[str]:
+        resolve_fields(v, ())  # an unknown preset names the known ones
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _unique_fields(cls, v: list[CustomField]) -> list[CustomField]:
+        resolve_fields((), v)  # a field listed twice
+        return v
 
     def resolved_fields(self) -> tuple[CustomField, ...]:
         """The presets switched on, then the fields (one of the same name overrides a preset)."""

@@ -445,7 +445,9 @@ class EnricherCore:
         if (entry.model, entry.prompt_hash, entry.taxonomy_hash) != current:
             return None
         await self.ledger.anote(agent_id, conversation_id, "skipped", {"why": "already written"})
-        return _from_ledger(entry, written=True, already_written=True)
+        result = _from_ledger(entry, written=True, already_written=True)
+        result.withheld = self.profile(agent_id).spec.withheld(result.enrichment)
+        return result
 
     async def areplay(self, *, include_failed: bool = False) -> ReplayReport:
         """Send every ``pending`` write again (and ``failed`` ones with ``include_failed``);

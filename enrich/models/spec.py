@@ -188,6 +188,13 @@ class AnalysisSpec(_Frozen):
         twice = sorted({n for n in criteria if criteria.count(n) > 1})
         if twice:
             raise ValueError(f"criterion listed twice: {', '.join(twice)}")
+        columns = [f"criterion_{c}" for c in criteria]
+        clash = sorted(set(names) & set(columns))
+        if clash:
+            raise ValueError(
+                f"field {clash[0]!r} would collide with the column of criterion "
+                f"{clash[0].removeprefix('criterion_')!r} in result files; rename it"
+            )
         return self
 
     @property
