@@ -29,7 +29,15 @@ from ..models.results import BadItem, BatchItem, BatchResult
 from ..models.transcript import Transcript
 from ..models.usage import Usage
 from .core import EnricherCore
-from .items import aiter_items, bad_result, enrich_item, failed_result, to_item, where
+from .items import (
+    aiter_items,
+    bad_result,
+    enrich_item,
+    failed_result,
+    skipped_result,
+    to_item,
+    where,
+)
 from .longcall import plan
 from .profile import Profile
 
@@ -91,14 +99,7 @@ async def run_via_batch_api(
             if write and not force and item.transcript is None:
                 done = await enricher.awritten_result(item.agent_id, conversation_id)
                 if done is not None:
-                    yield BatchResult(
-                        agent_id=item.agent_id,
-                        conversation_id=conversation_id,
-                        line=item.line,
-                        status="skipped",
-                        ok=True,
-                        result=done,
-                    )
+                    yield skipped_result(item, conversation_id, done)
                     continue
             if item.transcript is None:
                 parsed = await enricher.afetch(item.agent_id, conversation_id)
@@ -112,14 +113,7 @@ async def run_via_batch_api(
             yield failed_result(item, item.conversation_id, exc, time.perf_counter())
             continue
         if skipped is not None:
-            yield BatchResult(
-                agent_id=item.agent_id,
-                conversation_id=conversation_id,
-                line=item.line,
-                status="skipped",
-                ok=True,
-                result=skipped,
-            )
+            yield skipped_result(item, conversation_id, skipped)
             continue
         if plan(parsed, enricher.profile(item.agent_id)).strategy != "single":
             direct.append(item.model_copy(update={"conversation_id": conversation_id}))

@@ -29,6 +29,7 @@ __all__ = [
     "where",
     "bad_result",
     "failed_result",
+    "skipped_result",
     "enrich_item",
     "STAGES",
 ]
@@ -105,6 +106,19 @@ def bad_result(item: BadItem) -> BatchResult:
         error=item.error,
         error_type="InputError",
         stage="input",
+    )
+
+
+def skipped_result(item: BatchItem, conversation_id: str, result: Any) -> BatchResult:
+    """The result of an item skipped with no LLM call: written before (``result`` says so) or
+    nothing to analyse (``result.skipped`` says why)."""
+    return BatchResult(
+        agent_id=item.agent_id,
+        conversation_id=conversation_id,
+        line=item.line,
+        status="skipped",
+        ok=True,
+        result=result,
     )
 
 
