@@ -270,7 +270,8 @@ def test_retell_call_analyzed_uses_transcript_object():
         (H, "Billing, this is Marco. I can see the duplicate charge and I'll refund it now.", 31.0),
         (U, "Great, thank you.", None),  # no words timed
     ]
-    # transcript_object comes first: transcript_with_tool_calls' tool call is not read
+    # merged with transcript_with_tool_calls (issue 15), which adds only an invocation here: no
+    # tool result, so no TOOL turn; the times come from transcript_object's words
     assert all(turn.role != T for turn in t.turns)
     m = t.metadata
     assert m.platform == "retell"
@@ -488,9 +489,13 @@ def test_retell_more_errors():
 
 
 def test_retell_agent_only_call_has_no_user_turn():
-    # no longer an error: it parses, and the engine skips it (analysis.min_user_turns)
+    # no longer an error: it parses, and the engine skips it (analysis.min_user_turns). Every
+    # source says the same (issue 15: a source with no user turn falls back to the next one)
     value = load("retell-call-analyzed.json")
-    value["call"]["transcript_object"] = value["call"]["transcript_object"][:1]
+    call = value["call"]
+    call["transcript_object"] = call["transcript_object"][:1]
+    call["transcript_with_tool_calls"] = call["transcript_with_tool_calls"][:1]
+    call["transcript"] = call["transcript"].splitlines()[0]
     t = parse(value)
     assert len(t.turns) == 1 and t.user_turns == []
     assert t.metadata.answered is True  # call_status ended, call_analysis.in_voicemail false
@@ -702,9 +707,12 @@ def test_vapi_unknown_role_left_out_with_a_warning(caplog):
 
 
 def test_vapi_system_only_call_has_no_user_turn():
-    # no longer an error: it parses, and the engine skips it (analysis.min_user_turns)
+    # no longer an error: it parses, and the engine skips it (analysis.min_user_turns). The
+    # transcript says the same (issue 15: messages with no user turn fall back to the transcript)
     value = load("vapi-end-of-call-report.json")
-    value["message"]["artifact"]["messages"] = value["message"]["artifact"]["messages"][:2]
+    artifact = value["message"]["artifact"]
+    artifact["messages"] = artifact["messages"][:2]
+    artifact["transcript"] = artifact["transcript"].splitlines()[0]
     t = parse(value)
     assert len(t.turns) == 1 and t.user_turns == []
     assert t.metadata.answered is None  # customer-ended-call: Vapi does not say
@@ -889,3 +897,234 @@ def test_elevenlabs_unknown_role_left_out_with_a_warning(caplog):
     assert caplog.messages == [
         "elevenlabs: transcript[0]: left out an entry of unknown role 'narrator'"
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 15: both Retell arrays merged, the older envelope, falling back to the next source, a
+# transcript on one line, ElevenLabs' transcript entries alone (published payloads, in
+# tests/test_published.py, show each of these on real data)
+
+
+def retell_both_arrays() -> dict[str, Any]:
+    """The tool-call fixture with a transcript_object beside it, as real calls carry both."""
+    value = load("retell-call-ended-tool-calls.json")
+    call = value["call"]
+    call["transcript_object"] = [
+        {key: entry[key] for key in ("role", "content", "words")}
+        for entry in call["transcript_with_tool_calls"]
+        if entry["role"] in ("agent", "user")
+    ]
+    return value
+
+
+def test_retell_woven_array_splits_an_utterance_around_a_tool_call():
+    value = retell_both_arrays()
+    call = value["call"]
+    # transcript_object has the agent's answer as one utterance; the woven array splits it
+    call["transcript_object"][2]["content"] = (
+        "Let me check. Your refill is ready for pickup after 2 pm today."
+    )
+    call["transcript_object"][2]["words"] = [{"word": "Let", "start": 13.0, "end": 13.2}]
+    woven = call["transcript_with_tool_calls"]
+    woven.insert(7, {"role": "agent", "content": "Let me check.", "words": []})
+    woven[10]["words"] = []
+    assert turns(parse(value)) == [
+        (A, "Hello, you've reached Northwind Pharmacy. Please enter your member number on the "
+         "keypad.", 0.3),
+        (U, "[keypad: 4417]", None),
+        (U, "I'd like to know if my refill is ready.", 12.4),
+        (A, "Let me check.", 13.0),  # its time from transcript_object's utterance
+        (T, 'lookup_refill: {"status": "ready", "pickup_after": "14:00"}', None),
+        (A, "Your refill is ready for pickup after 2 pm today.", None),  # not counted twice
+        (U, "Perfect, thanks!", 23.5),
+    ]  # fmt: skip
+
+
+def test_retell_utterances_only_transcript_object_has_stay_in_their_place():
+    value = retell_both_arrays()
+    call = value["call"]
+    woven = call["transcript_with_tool_calls"]
+    del woven[6]  # the woven array lacks the user's question
+    t = parse(value)
+    # from transcript_object, just before the next utterance both arrays have
+    assert [turn.text for turn in t.turns][1:5] == [
+        "[keypad: 4417]",
+        'lookup_refill: {"status": "ready", "pickup_after": "14:00"}',
+        "I'd like to know if my refill is ready.",
+        "Your refill is ready for pickup after 2 pm today.",
+    ]
+    assert [turn.start for turn in t.turns][3] == 12.4
+    assert len(t.turns) == 6
+
+
+def test_retell_both_arrays_read_like_the_woven_one_when_they_agree():
+    value = retell_both_arrays()
+    assert parse(value).turns == parse_file("retell-call-ended-tool-calls.json").turns
+
+
+def test_retell_scrubbed_woven_array_when_the_unscrubbed_one_is_not_kept():
+    value = retell_both_arrays()
+    call = value["call"]
+    call["scrubbed_transcript_with_tool_calls"] = call.pop("transcript_with_tool_calls")
+    assert parse(value).turns == parse_file("retell-call-ended-tool-calls.json").turns
+    del call["transcript_object"]
+    assert parse(value).turns == parse_file("retell-call-ended-tool-calls.json").turns
+
+
+def test_retell_errors_in_either_array_name_it():
+    value = retell_both_arrays()
+    value["call"]["transcript_object"][1]["content"] = 7
+    assert error(value) == (
+        "<input>: retell: call.transcript_object[1]: content must be a string, not a number"
+    )
+    value = retell_both_arrays()
+    value["call"]["transcript_with_tool_calls"][2]["digit"] = []
+    assert error(value) == (
+        "<input>: retell: call.transcript_with_tool_calls[2]: digit must be a string, not a list"
+    )
+
+
+def test_retell_older_data_envelope():
+    value = load("retell-call-analyzed.json")
+    older = {"event": "call_analyzed", "data": value["call"]}
+    assert parse(older) == parse(value)
+    older["data"]["transcript_object"][0]["role"] = 3
+    assert error(older) == (
+        "<input>: retell: data.transcript_object[0]: role must be a string, not a number"
+    )
+    chat = load("retell-chat.json")
+    assert parse({"event_type": "chat_analyzed", "data": chat["chat"]}) == parse(chat)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"event": "call.ended", "data": {"call_id": "c1", "transcript": "Agent: hi"}},  # not Retell
+        {"event": "call_ended", "data": {"id": "c1", "transcript": "Agent: hi"}},  # no call_id
+        {"event": 5, "data": {"call_id": "c1"}},
+        {"event": "call_ended", "data": ["call_id"]},
+    ],
+)
+def test_retell_does_not_claim_other_data_envelopes(value):
+    assert not [f.name for f in formats() if f.kind == "json" and f.detect(value)]
+
+
+def test_retell_falls_back_when_the_arrays_have_no_user_turn():
+    value = load("retell-call-analyzed.json")
+    call = value["call"]
+    call["transcript_object"] = call["transcript_object"][:1]
+    call["transcript_with_tool_calls"] = call["transcript_with_tool_calls"][:1]
+    t = parse(value)  # the plain transcript has the user's turns
+    assert [turn.role for turn in t.turns] == [A, U, A, U]
+
+
+def test_retell_a_fallback_source_that_cannot_be_read_is_passed_over(caplog):
+    value = load("retell-call-analyzed.json")
+    call = value["call"]
+    call["transcript_object"] = call["transcript_object"][:1]
+    del call["transcript_with_tool_calls"]
+    call["transcript"] = "Hello? Is anyone there?"
+    with caplog.at_level("WARNING", logger="enrich.transcript"):
+        t = parse(value)
+    assert turns(t) == [(A, "Thanks for calling Acme Shoes, this is Ava. How can I help?", 0.42)]
+    assert caplog.messages == [
+        "retell: call.transcript: no turn with words after the speaker labels (passed over)"
+    ]
+
+
+def test_retell_epoch_seconds_are_read_as_seconds():
+    value = load("retell-call-plain.json")
+    value.update(start_timestamp=1717228800, end_timestamp=1717228861)
+    m = parse(value).metadata
+    assert (m.started_at, m.duration_seconds) == (utc(2024, 6, 1, 8, 0, 0), 61.0)
+    value.update(start_timestamp=1717228800000, end_timestamp=1717228861500)
+    assert parse(value).metadata.started_at == utc(2024, 6, 1, 8, 0, 0)
+
+
+def test_vapi_messages_without_a_user_turn_fall_back_to_the_transcript():
+    value = load("vapi-end-of-call-report.json")
+    artifact = value["message"]["artifact"]
+    artifact["messages"] = artifact["messages"][:2]  # the system prompt and the greeting
+    t = parse(value)
+    assert [turn.text for turn in t.turns] == [text for role, text, _ in VAPI_TURNS if role != T]
+    assert_dialogue_clean(t, "SECRET-PROMPT")
+
+
+def test_vapi_times_come_from_the_epoch_when_seconds_from_start_restarts():
+    value = load("vapi-end-of-call-report.json")
+    messages = value["message"]["artifact"]["messages"]
+    # a squad's next assistant counts secondsFromStart from its own start
+    for message in messages[6:]:
+        message["secondsFromStart"] -= 15.0
+    starts = [turn.start for turn in parse(value).turns]
+    assert starts == [start for _, _, start in VAPI_TURNS]
+    messages[2]["secondsFromStart"] += 1.5  # a small disagreement is the payload's own time
+    assert parse(value).turns[1].start == 7.5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "AI: How can I help? User: What's the weather? ...",
+            [(A, "How can I help?"), (U, "What's the weather? ...")],
+        ),
+        (
+            "agent: Your name? user: Jim. agent: Thanks! user: Bye…",
+            [(A, "Your name?"), (U, "Jim."), (A, "Thanks!"), (U, "Bye…")],
+        ),
+        (  # a lower-case label in the middle of a sentence is text
+            "User: I told the agent: no refunds. Agent: I see.",
+            [(U, "I told the agent: no refunds."), (A, "I see.")],
+        ),
+        (  # a capitalised label needs no full stop before it; a quote may close the sentence
+            'Agent: Say "yes." User: yes Agent: Done',
+            [(A, 'Say "yes."'), (U, "yes"), (A, "Done")],
+        ),
+        (
+            "[00:01] AI: Hi. [00:04] User: Hello.\n",
+            [(A, "Hi."), (U, "Hello.")],
+        ),
+    ],
+)
+def test_one_line_transcript_is_split_on_its_labels(text, expected):
+    t = parse(text)
+    assert t.format == "text"
+    assert [(turn.role, turn.text) for turn in t.turns] == expected
+
+
+def test_one_line_split_keeps_times_and_only_applies_to_one_line():
+    assert [turn.start for turn in parse("[00:01] AI: Hi. [00:04] User: Hello.").turns] == [
+        1.0,
+        4.0,
+    ]
+    two_lines = parse("Agent: Hi. User: this stays the agent's\nUser: Hello.")
+    assert [turn.text for turn in two_lines.turns] == ["Hi. User: this stays the agent's", "Hello."]
+
+
+def test_elevenlabs_transcript_entries_alone():
+    entries = load("elevenlabs-webhook.json")["data"]["transcript"]
+    t = parse(entries)
+    assert t.format == "elevenlabs" and t.metadata.model_dump(exclude_defaults=True) == {
+        "platform": "elevenlabs"
+    }
+    assert t.turns == parse_file("elevenlabs-webhook.json").turns
+    simulation = {"simulated_conversation": entries, "analysis": {"call_successful": "success"}}
+    t = parse(simulation)
+    assert t.turns == parse(entries).turns
+    assert t.metadata.extra == {"analysis": {"call_successful": "success"}}
+    entries[1]["message"] = 5
+    assert error(entries) == "<input>: elevenlabs: [1]: message must be a string, not a number"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [{"role": "bot", "message": "hi", "secondsFromStart": 1}],  # Vapi's messages
+        [{"role": "agent", "message": "hi"}, {"role": "user", "message": "hello"}],  # no times
+        [{"role": "agent", "message": "hi", "time_in_call_secs": 0}, "hello"],
+        {"simulated_conversation": [{"role": "agent"}]},
+    ],
+)
+def test_elevenlabs_does_not_claim_lists_that_are_not_its_entries(value):
+    assert "elevenlabs" not in [f.name for f in formats() if f.kind == "json" and f.detect(value)]

@@ -6,8 +6,9 @@ registers its format when imported; this package imports them all, so the regist
 whenever a transcript is parsed. Detection tries them in this order: ``text`` and ``chat``, then
 ``chatdash``, ``elevenlabs``, ``retell``, ``vapi``. Each recognises its own shape only (ChatDash: a
 list of messages with ``sender``; Retell: ``call_id``, ``chat_id`` or an ``event`` + ``call``
-envelope; Vapi: the ``end-of-call-report`` message; ElevenLabs: ``conversation_id`` or a
-``post_call_*`` webhook), so the order does not decide between them.
+envelope, or the older ``event`` + ``data``; Vapi: the ``end-of-call-report`` message; ElevenLabs:
+``conversation_id``, a ``post_call_*`` webhook, or its transcript entries alone), so the order does
+not decide between them.
 
 A new format is one module here that calls :func:`register_format`, imported below.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -199,6 +200,32 @@ def text_turns(text: str, path: str) -> list[Turn]:
         return parse_text(text).turns
     except TranscriptError as exc:
         raise TranscriptError(f"{path}: {exc.reason}") from None
+
+
+def first_with_user(platform: str, sources: Sequence[Callable[[], list[Turn]]]) -> list[Turn]:
+    """The turns of the first source that has a user turn; when none has, of the first that has
+    any turn (else none).
+
+    A payload can carry the same dialogue more than once (an array and a plain-text transcript),
+    and the source read first may hold less of it than another: a one-entry array beside a
+    complete transcript. The first source is read strictly (its errors are the payload's); one
+    tried after it that cannot be read is passed over with a warning.
+    """
+    first: list[Turn] | None = None
+    for number, read in enumerate(sources):
+        if number == 0:
+            turns = read()
+        else:
+            try:
+                turns = read()
+            except TranscriptError as exc:
+                logger.warning("%s: %s (passed over)", platform, exc.reason)
+                continue
+        if any(turn.role == Role.USER for turn in turns):
+            return turns
+        if first is None and turns:
+            first = turns
+    return first or []
 
 
 def transcript(turns: list[Turn], name: str, **metadata: Any) -> Transcript:

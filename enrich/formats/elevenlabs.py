@@ -1,11 +1,15 @@
 """ElevenLabs: the ``post_call_transcription`` webhook, or a conversation from the API.
 
-Accepted: ``{"type": "post_call_transcription", "event_timestamp": ..., "data": {...}}`` and the
+Accepted: ``{"type": "post_call_transcription", "event_timestamp": ..., "data": {...}}``, the
 bare conversation (the ``data`` object, also what ``GET /v1/convai/conversations/{id}``
-answers; recognised by its ``conversation_id``). A ``call_initiation_failure`` webhook (an
-outbound call that never connected: busy, no answer...) is a transcript with no turns whose call
-was not answered, its ``failure_reason`` the ended reason. ``post_call_audio`` is recognised and
-refused: it holds no transcript.
+answers; recognised by its ``conversation_id``), and the transcript entries alone: the list
+itself (``data.transcript`` kept on its own, the "conversation history" the docs show), or the
+simulate-conversation answer ``{"simulated_conversation": [...], "analysis": {...}}``. The list is
+recognised by its entries: objects with a ``role`` of ``agent`` or ``user`` and a ``message`` key,
+one of them at least with ``time_in_call_secs``, ``tool_calls`` or ``tool_results``. A
+``call_initiation_failure`` webhook (an outbound call that never connected: busy, no answer...) is
+a transcript with no turns whose call was not answered, its ``failure_reason`` the ended reason.
+``post_call_audio`` is recognised and refused: it holds no transcript.
 
 ``transcript`` entries: ``role`` ``agent`` or ``user``, the words in ``message``, the time in
 ``time_in_call_secs``. ``message`` is null on tool turns: their ``tool_results`` become TOOL turns
@@ -64,9 +68,35 @@ def _is_webhook(value: dict[str, Any]) -> bool:
     )
 
 
+_ENTRY_KEYS = ("time_in_call_secs", "tool_calls", "tool_results")
+
+
+def _is_entries(value: Any) -> bool:
+    """A list of transcript entries on its own (see the module's docstring)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(entry, dict)
+            and "message" in entry
+            and isinstance(entry.get("role"), str)
+            and entry["role"].strip().lower() in _SPEAKERS
+            for entry in value
+        )
+        and any(key in entry for entry in value for key in _ENTRY_KEYS)
+    )
+
+
+def _is_simulation(value: dict[str, Any]) -> bool:
+    return _is_entries(value.get("simulated_conversation"))
+
+
 def detect(value: Any) -> bool:
+    if _is_entries(value):
+        return True
     return isinstance(value, dict) and (
         _is_webhook(value)
+        or _is_simulation(value)
         or ("conversation_id" in value and ("transcript" in value or "agent_id" in value))
     )
 
@@ -114,6 +144,16 @@ def _not_connected(data: dict[str, Any]) -> Transcript:
 
 
 def parse(value: Any) -> Transcript:
+    if isinstance(value, list) and _is_entries(value):
+        return transcript(_entries(value, ""), NAME, platform=NAME)
+    if isinstance(value, dict) and _is_simulation(value):
+        path = "simulated_conversation"
+        return transcript(
+            _entries(value[path], path),
+            NAME,
+            platform=NAME,
+            extra=present(analysis=value.get("analysis")),
+        )
     if not isinstance(value, dict):
         raise TranscriptError(
             f"expected an ElevenLabs webhook or conversation object, not {json_type(value)}"
@@ -165,8 +205,8 @@ register_format(
         name=NAME,
         kind="json",
         description='ElevenLabs post_call_transcription webhook ({"type": ..., "data": {...}}) or '
-        'the conversation object; transcript entries {"role": "agent" | "user", "message", '
-        '"time_in_call_secs"}; tool results are not dialogue.',
+        'the conversation object, or its transcript entries alone {"role": "agent" | "user", '
+        '"message", "time_in_call_secs"}; tool results are not dialogue.',
         detect=detect,
         parse=parse,
     )

@@ -1,6 +1,12 @@
 """Plain text: ``Agent: ...`` / ``User: ...`` lines (also ``AI:``, ``Bot:``, ``Customer:``...).
 
-A turn may span lines; ``[00:12]`` times are read.
+A turn may span lines; ``[00:12]`` times are read. A transcript written on one line ("AI: How can
+I help? User: What's the weather?", as Vapi's and some Retell payloads carry it) is split on its
+speaker labels: a label inside the line starts a new turn when it follows the end of a sentence
+(``.``, ``?``, ``!``, ``…``, perhaps closed by a quote or a bracket) or is capitalised (``User:``,
+``AI:``); a lower-case word followed by a colon in the middle of a sentence ("ask the agent: ...")
+stays text. Only a one-line transcript is split this way: in a transcript of several lines, a
+label starts a turn only at the start of a line.
 """
 
 from __future__ import annotations
@@ -33,6 +39,41 @@ def _seconds(ts: str | None) -> float | None:
     return seconds
 
 
+_INLINE = re.compile(
+    r"\s(?:\[(?:(?:\d{1,2}:)?\d{1,2}:\d{2}(?:\.\d+)?)\]\s*)?"
+    r"(?P<label>" + "|".join(sorted(_AGENT_LABELS | _USER_LABELS)) + r")\s*:(?=\s|$)",
+    re.IGNORECASE,
+)
+_SENTENCE_END = frozenset(".!?…")
+_CLOSERS = frozenset("\"'”’)]")
+
+
+def _ends_sentence(line: str, end: int) -> bool:
+    """Whether ``line[:end]`` ends a sentence (trailing spaces and one closing quote aside)."""
+    i = end - 1
+    while i >= 0 and line[i].isspace():
+        i -= 1
+    if i >= 0 and line[i] in _CLOSERS:
+        i -= 1
+        while i >= 0 and line[i].isspace():
+            i -= 1
+    return i >= 0 and line[i] in _SENTENCE_END
+
+
+def _split_one_line(line: str) -> list[str]:
+    """A one-line transcript cut into one line per turn, at its inner speaker labels."""
+    first = _SPEAKER.match(line)
+    if first is None:
+        return [line]
+    pieces, start = [], 0
+    for m in _INLINE.finditer(line, first.end("label")):
+        if _ends_sentence(line, m.start()) or m["label"][0].isupper():
+            pieces.append(line[start : m.start()].strip())
+            start = m.start()
+    pieces.append(line[start:].strip())
+    return pieces
+
+
 def detect_text(text: str) -> bool:
     return any(_SPEAKER.match(line) for line in text.splitlines()[:200])
 
@@ -47,7 +88,11 @@ def parse_text(text: str) -> Transcript:
                 Turn(role=current["role"], text=current["text"].strip(), start=current["start"])
             )
 
-    for line in text.splitlines():
+    lines = text.splitlines()
+    filled = [line for line in lines if line.strip()]
+    if len(filled) == 1:  # a one-line transcript: split on its inner speaker labels
+        lines = _split_one_line(filled[0])
+    for line in lines:
         m = _SPEAKER.match(line)
         if m:
             flush()
@@ -67,7 +112,8 @@ register_format(
         name="text",
         kind="text",
         description="Plain text with 'Agent:'/'AI:'/'Bot:'/'Assistant:' and "
-        "'User:'/'Customer:'/'Caller:' labels; a turn may span lines; '[00:12]' times allowed.",
+        "'User:'/'Customer:'/'Caller:' labels; a turn may span lines; '[00:12]' times allowed; "
+        "a one-line transcript is split on its labels.",
         detect=detect_text,
         parse=parse_text,
     )

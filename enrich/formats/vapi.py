@@ -7,10 +7,14 @@ end-of-call report carries the transcript.
 
 The transcript is ``artifact.messages`` when present and not empty (older payloads: ``messages``
 beside ``artifact``), else ``artifact.transcript`` (or ``transcript``), "AI: ...\\nUser: ..."
-lines read by the text format's rules. Message roles: ``system`` (the agent's prompt) is dropped,
-``bot`` (or ``assistant``) is the AI agent, ``user`` the caller; a ``tool_call_result`` becomes a
-TOOL turn ``"<tool name>: <result>"``, while ``tool_calls`` (the request, with no result) is not a
-turn; an unknown role is left out with a warning. Times come from ``secondsFromStart``.
+lines read by the text format's rules (a transcript on one line is split on its labels). When the
+messages have no user turn but the transcript has, the transcript is read. Message roles:
+``system`` (the agent's prompt; a squad has one per assistant) is dropped, ``bot`` (or
+``assistant``) is the AI agent, ``user`` the caller; a ``tool_call_result`` becomes a TOOL turn
+``"<tool name>: <result>"``, while ``tool_calls`` (the request, with no result) is not a turn; an
+unknown role is left out with a warning. Times come from ``secondsFromStart``; when it disagrees
+with the message's epoch ``time`` by more than :data:`DRIFT` seconds (a squad's next assistant
+counts from its own start), the time is taken from ``time``, counted from the call's start.
 
 A call with nothing said (no answer, voicemail) is a transcript with no turns, not an error, when
 its messages or transcript are there but empty, or when ``endedReason`` says it was not answered;
@@ -22,6 +26,7 @@ Whether the call was answered (:attr:`CallMetadata.answered`): not when ``endedR
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import TranscriptError
@@ -31,6 +36,7 @@ from ._common import (
     add_turn,
     expect_list,
     expect_object,
+    first_with_user,
     from_iso,
     get_in,
     index_path,
@@ -51,6 +57,9 @@ from ._registry import TranscriptFormat, register_format
 
 NAME = "vapi"
 REPORT = "end-of-call-report"
+
+#: Seconds ``secondsFromStart`` may differ from the message's epoch ``time`` before ``time`` wins.
+DRIFT = 2.0
 
 _SPEAKERS = {"bot": Role.AGENT, "assistant": Role.AGENT, "user": Role.USER}
 _NOT_DIALOGUE = {"system", "tool_calls"}
@@ -98,11 +107,18 @@ def _tool_names(entry: dict[str, Any], names: dict[str, str]) -> None:
 def _messages(messages: list[Any], path: str) -> list[Turn]:
     turns: list[Turn] = []
     names: dict[str, str] = {}
+    origin: float | None = None  # the call's start, in epoch seconds, from the first timed message
     for index, item in enumerate(messages):
         where = index_path(path, index)
         entry = expect_object(item, where)
         role = role_of(entry, where)
         start = opt_float(entry.get("secondsFromStart"))
+        epoch_ms = opt_float(entry.get("time"))
+        if start is not None and epoch_ms is not None:
+            if origin is None:
+                origin = epoch_ms / 1000 - start
+            elif abs(epoch_ms / 1000 - origin - start) > DRIFT:
+                start = round(epoch_ms / 1000 - origin, 3)
         if role in _SPEAKERS:
             add_turn(turns, _SPEAKERS[role], text_of(entry, "message", where), start)
         elif role == "tool_call_result":
@@ -125,25 +141,37 @@ def _turns(report: dict[str, Any], prefix: str, answered: bool | None) -> list[T
         expect_object(artifact, artifact_path)
     places = [(artifact or {}, artifact_path), (report, prefix)]
 
+    sources: list[Callable[[], list[Turn]]] = []
     for holder, base in places:
         messages = holder.get("messages")
         if messages is not None and messages != []:
             path = key_path(base, "messages")
-            return _messages(expect_list(messages, path), path)
+            sources.append(lambda m=messages, p=path: _messages(expect_list(m, p), p))
+            break
     for holder, base in places:
         text = holder.get("transcript")
         if text is not None and not (isinstance(text, str) and not text.strip()):
             path = key_path(base, "transcript")
-            if not isinstance(text, str):
-                raise TranscriptError(f"{path}: expected a string, not {json_type(text)}")
-            return text_turns(text, path)
-    if answered is False or any(
-        holder.get(key) is not None for holder, _ in places for key in ("messages", "transcript")
-    ):
-        return []  # nothing was said: a transcript with no turns
-    raise TranscriptError(
-        "the call has no transcript (artifact.messages and artifact.transcript are both missing)"
-    )
+            sources.append(lambda t=text, p=path: _transcript_turns(t, p))
+            break
+    if not sources:
+        if answered is False or any(
+            holder.get(key) is not None
+            for holder, _ in places
+            for key in ("messages", "transcript")
+        ):
+            return []  # nothing was said: a transcript with no turns
+        raise TranscriptError(
+            "the call has no transcript (artifact.messages and artifact.transcript are both "
+            "missing)"
+        )
+    return first_with_user(NAME, sources)
+
+
+def _transcript_turns(text: Any, path: str) -> list[Turn]:
+    if not isinstance(text, str):
+        raise TranscriptError(f"{path}: expected a string, not {json_type(text)}")
+    return text_turns(text, path)
 
 
 def parse(value: Any) -> Transcript:
