@@ -19,6 +19,15 @@ behaviour it had, and ChatDash gains 408 and 409. Any other 4xx is *permanent*: 
 wrong (a bad key, an unknown id, a rejected body) and sending it again changes nothing. 501 and
 505 (not implemented, HTTP version) are neither: they are not retried, but they are the server's
 failing, not the request's.
+
+A server's ``Retry-After`` never makes a run hang. The LLM client honours it up to
+:data:`LONGEST_RETRY_AFTER`: a longer wait (a date years away, a quota that resets tomorrow) is
+not waited for, the request fails at once saying what the server asked, and the rate limiter's
+pause is capped too. ChatDash's client waits at most ``chatdash.max_backoff``, within
+``chatdash.max_total_seconds``. An unreadable or infinite value is no value: the usual backoff.
+
+:func:`same_origin` is the redirect rule: a redirect to another origin (scheme, host, port) is
+never followed, since it would send the request's body there.
 """
 
 from __future__ import annotations
@@ -30,8 +39,22 @@ from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
-__all__ = ["TRANSIENT_STATUSES", "is_transient", "is_permanent", "retry_after", "backoff"]
+__all__ = [
+    "TRANSIENT_STATUSES",
+    "LONGEST_RETRY_AFTER",
+    "is_transient",
+    "is_permanent",
+    "retry_after",
+    "backoff",
+    "origin",
+    "same_origin",
+]
+
+#: The longest ``Retry-After`` (seconds) the LLM client waits before one retry; a server asking
+#: for more gets an error at once, rather than a run that hangs.
+LONGEST_RETRY_AFTER = 60.0
 
 #: HTTP statuses worth sending the same request again for (see the module's docstring).
 TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -96,3 +119,24 @@ def backoff(retry: int, *, first: float = 0.5, cap: float = 8.0) -> float:
     failed together do not all come back at the same moment."""
     base = min(cap, first * 2.0 ** min(max(retry, 0), 64))
     return random.uniform(base / 2, base)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """The origin of ``url`` (RFC 6454): its scheme, host (lower case) and port (the scheme's
+    default when none is given)."""
+    parts = urlsplit(str(url))
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a number: no origin is equal to it
+        return (scheme, str(url), -1)
+    return (scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme))
+
+
+def same_origin(url: str, location: str) -> bool:
+    """Whether a redirect from ``url`` to ``location`` (absolute, or relative to ``url``) stays
+    on the same origin: the only redirect that may be followed."""
+    return origin(url) == origin(urljoin(str(url), location))

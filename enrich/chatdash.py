@@ -8,6 +8,20 @@ The transient statuses of :mod:`enrich._http` (408, 409, 429, 500, 502, 503, 504
 dropped connections are retried with exponential backoff and jitter, honouring ``Retry-After``,
 up to ``chatdash.max_attempts`` tries. Other answers of 300 and over are not retried; they become
 a :class:`~enrich.errors.ChatDashError` in words a user can act on.
+
+What a hostile or misconfigured server can do is bounded:
+
+- ``chatdash.timeout`` bounds the whole of one try (sending, waiting, reading all of the answer),
+  not each read: a server that sends one byte a second is cut off;
+- a ``Retry-After`` is waited for at most ``chatdash.max_backoff``;
+- a redirect is never followed (``httpx`` follows none unless asked): the error says where it
+  pointed, so a moved API is fixed in ``CHATDASH_BASE_URL``;
+- a write is confirmed only by a 2xx answer with a JSON object (the API answers
+  ``{"message": ...}``): an HTML page from a proxy or a web UI is not a write;
+- a request that cannot be built (an id too long for a URL, a header value no HTTP library sends)
+  is a :class:`~enrich.errors.ChatDashError` marked ``permanent``, never an unhandled exception.
+  :func:`conversation_path` refuses such ids up front, as :class:`~enrich.errors.InputError`,
+  before anything is paid for.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import unicodedata
 from typing import Any
 from urllib.parse import quote
 
@@ -22,7 +37,7 @@ import httpx
 
 from ._http import backoff, is_transient, retry_after
 from ._perloop import PerLoop
-from .config import ChatDashSettings
+from .config import ChatDashSettings, key_problem
 from .errors import ChatDashError, ChatDashLookupError, ConfigError, InputError, redact
 
 __all__ = ["ChatDash", "conversation_path"]
@@ -30,20 +45,53 @@ __all__ = ["ChatDash", "conversation_path"]
 log = logging.getLogger("enrich.chatdash")
 
 
+#: The longest id, once percent-encoded in the URL (ChatDash's ids are 24 characters, platforms'
+#: call ids a few dozen): longer, it is not an id, and the URL would near what servers accept.
+MAX_SEGMENT = 1024
+
+
 def _segment(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"{what} is empty")
     if set(value) == {"."}:  # a proxy may normalise "." and ".." away, even percent-encoded
         raise InputError(f"{what} {value!r} is not an id")
-    return quote(value, safe="")
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        kind = "a lone surrogate" if unicodedata.category(bad) == "Cs" else "a control character"
+        raise InputError(
+            f"{what} contains {kind} (U+{ord(bad):04X} at position {value.index(bad) + 1}): "
+            "it is not an id"
+        )
+    encoded = quote(value, safe="")
+    if len(encoded) > MAX_SEGMENT:
+        raise InputError(
+            f"{what} is too long to be an id: {len(value):,} characters ({len(encoded):,} in the "
+            f"URL, at most {MAX_SEGMENT:,})"
+        )
+    return encoded
 
 
 def conversation_path(agent_id: str, conversation_id: str) -> str:
-    """``/agents/{agentId}/conversations/{conversationId}``, each id one encoded segment."""
+    """``/agents/{agentId}/conversations/{conversationId}``, each id one encoded segment.
+
+    Raises :class:`InputError` for an id that cannot make a request: empty, ``.`` or ``..``,
+    with a control character or a lone surrogate, or longer than :data:`MAX_SEGMENT` once
+    encoded."""
     return (
         f"/agents/{_segment(agent_id, 'agent id')}"
         f"/conversations/{_segment(conversation_id, 'conversation id')}"
     )
+
+
+_NOT_JSON = object()
+
+
+def _describe(response: httpx.Response) -> str:
+    """What a body that is not the JSON expected is, in a few words: its type and first bytes."""
+    kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+    head = response.content[:60].decode("utf-8", "replace")
+    head = " ".join(head.split())
+    return f"{kind} ({head!r}...)" if head else f"{kind}, empty"
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -69,8 +117,20 @@ class ChatDash:
         return f"ChatDash(base_url={self.settings.base_url!r})"
 
     def check(self) -> None:
+        """Raise :class:`ConfigError` if no request can be made: no key, a key no HTTP header
+        can carry (the configuration checks it too; this catches settings made without
+        validation), or a base URL ``httpx`` refuses."""
         if self.settings.api_key is None:
             raise ConfigError("CHATDASH_API_KEY is not set: ChatDash needs the agency key")
+        problem = key_problem(self.settings.api_key.get_secret_value())
+        if problem is not None:
+            raise ConfigError(f"CHATDASH_API_KEY (chatdash.api_key): {problem}")
+        try:
+            httpx.URL(f"{self.settings.base_url}/agents/a/conversations/c")
+        except httpx.InvalidURL as exc:
+            raise ConfigError(
+                f"CHATDASH_BASE_URL (chatdash.base_url) is not a usable URL: {exc}"
+            ) from None
 
     def _client(self) -> httpx.AsyncClient:
         return self._clients.get(self._new_client)
@@ -109,34 +169,57 @@ class ChatDash:
     async def request(
         self, method: str, path: str, *, what: str, json: Any = None, params: Any = None
     ) -> Any:
-        """Send one request with retries; return the decoded JSON answer (or ``None``)."""
-        client = self._client()
+        """Send one request with retries; return the decoded JSON answer (or ``None`` for a
+        read answered with no body). Every failure is a :class:`ChatDashError`."""
         url = f"{self.settings.base_url}{path}"
         secrets = [self.settings.api_key]
+        try:
+            client = self._client()
+            request = client.build_request(method, path, json=json, params=params)
+        except ConfigError:
+            raise
+        except (httpx.InvalidURL, httpx.HTTPError, ValueError, TypeError) as exc:
+            # an id too long for a URL, a body JSON cannot carry (NaN), a header value...
+            raise ChatDashError(
+                f"{what}: the request cannot be built: "
+                f"{redact(str(exc), secrets) or type(exc).__name__} ({method} {url[:200]})",
+                method=method,
+                url=url[:2000],
+                permanent=True,
+            ) from None
         attempts = self.settings.max_attempts
         deadline = time.monotonic() + self.settings.max_total_seconds
         for attempt in range(1, attempts + 1):
             response: httpx.Response | None = None
             try:
-                response = await client.request(method, path, json=json, params=params)
-            except httpx.TimeoutException:
+                async with asyncio.timeout(self.settings.timeout):  # all of one try
+                    response = await client.send(request)
+            except (httpx.TimeoutException, TimeoutError):
                 problem = f"ChatDash did not answer within {self.settings.timeout:g}s"
-            except httpx.TransportError as exc:
+            except httpx.LocalProtocolError as exc:  # the request itself cannot be sent
+                raise ChatDashError(
+                    f"{what}: the request cannot be sent: "
+                    f"{redact(str(exc), secrets) or type(exc).__name__} ({method} {url})",
+                    method=method,
+                    url=url,
+                    permanent=True,
+                ) from None
+            except httpx.HTTPError as exc:  # transport faults, an undecodable answer...
                 problem = (
                     f"cannot reach ChatDash: {redact(str(exc), secrets) or type(exc).__name__}"
                 )
             else:
-                if response.status_code < 300:
-                    try:
-                        return response.json() if response.content else None
-                    except ValueError:
-                        return None
-                detail = redact(_error_detail(response), secrets)
                 status = response.status_code
+                if status < 300:
+                    return self._answer(response, method, url, what)
+                detail = redact(_error_detail(response), secrets)
                 if not is_transient(status):
                     kind = ChatDashLookupError if method == "GET" else ChatDashError
+                    location = response.headers.get("location") if status < 400 else None
                     raise kind(
-                        self._explain(status, what, detail),
+                        self._redirected(status, what, redact(location, secrets))
+                        if location
+                        else self._explain(status, what, detail),
                         method=method,
                         url=url,
                         status_code=status,
@@ -155,6 +238,43 @@ class ChatDash:
             )
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _answer(self, response: httpx.Response, method: str, url: str, what: str) -> Any:
+        """The JSON of a 2xx answer. A write is confirmed only by a JSON object (the API answers
+        ``{"message": ...}``); a read answered with something that is not JSON is refused."""
+        status = response.status_code
+        try:
+            data = response.json() if response.content else None
+        except ValueError:  # not JSON, or not UTF-8
+            data = _NOT_JSON
+        if method == "GET":
+            if data is _NOT_JSON:
+                raise ChatDashLookupError(
+                    f"{what}: ChatDash answered HTTP {status} with {_describe(response)}, not "
+                    f"JSON: is CHATDASH_BASE_URL ({self.settings.base_url}) the API's address?",
+                    method=method,
+                    url=url,
+                    status_code=status,
+                )
+            return data
+        if not isinstance(data, dict):
+            raise ChatDashError(
+                f"{what}: ChatDash answered HTTP {status} with {_describe(response)}, not the "
+                "JSON object the API confirms a write with: the write is not confirmed (is "
+                f"CHATDASH_BASE_URL ({self.settings.base_url}) the API's address?)",
+                method=method,
+                url=url,
+                status_code=status,
+            )
+        return data
+
+    @staticmethod
+    def _redirected(status: int, what: str, location: str) -> str:
+        return (
+            f"{what}: ChatDash answered a redirect (HTTP {status}) to {location[:200]}: not "
+            "followed (enrich never sends a request on to another address); if the API moved, "
+            "set CHATDASH_BASE_URL (chatdash.base_url) to its new address"
+        )
 
     @staticmethod
     def _explain(status: int, what: str, detail: str) -> str:
@@ -238,6 +358,11 @@ class ChatDash:
         self, agent_id: str, conversation_id: str, body: dict[str, Any]
     ) -> Any:
         """The partial ``PUT`` of one conversation."""
-        path = conversation_path(agent_id, conversation_id)
-        what = f"writing conversation {conversation_id} of agent {agent_id}"
+        what = f"writing conversation {conversation_id[:100]} of agent {agent_id[:100]}"
+        try:
+            path = conversation_path(agent_id, conversation_id)
+        except InputError as exc:  # a pending write kept from before ids were checked
+            raise ChatDashError(
+                f"{what}: the request cannot be built: {exc}", method="PUT", permanent=True
+            ) from None
         return await self.request("PUT", path, what=what, json=body)

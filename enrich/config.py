@@ -68,6 +68,35 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_CONTROL_NAMES = {"\r": "a carriage return (\\r)", "\n": "a line feed (\\n)", "\t": "a tab"}
+
+
+def key_problem(value: str) -> str | None:
+    """What makes ``value`` unusable as an API key in an HTTP header, in words that never show
+    the key: a control character (a ``\\r`` left by a Windows ``.env`` file), a character that is
+    not ASCII, or whitespace around it. ``None`` for a usable key."""
+    for i, char in enumerate(value):
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            what = _CONTROL_NAMES.get(char, f"a control character (U+{ord(char):04X})")
+            where = "at its end" if not value[i:].strip() else f"at position {i + 1}"
+            hint = {"\r": " (a Windows line ending?)", "\n": " (a line ending?)"}.get(char, "")
+            return f"the key contains {what} {where}{hint}: remove it"
+        if ord(char) > 0x7E:
+            return (
+                f"the key contains a character that is not ASCII (U+{ord(char):04X}, at position "
+                f"{i + 1}): an HTTP header cannot carry it; copy the key again"
+            )
+    if value != value.strip():
+        return "the key starts or ends with a space: remove it"
+    return None
+
+
+def _checked_key(v: SecretStr | None) -> SecretStr | None:
+    if v is not None and (problem := key_problem(v.get_secret_value())) is not None:
+        raise ValueError(problem)
+    return v
+
+
 class LLMSettings(_Section):
     """The model and how to reach it (any OpenAI-compatible server)."""
 
@@ -77,7 +106,11 @@ class LLMSettings(_Section):
     base_url: str | None = None
     temperature: float | None = Field(default=0.0, ge=0, le=2)
     max_tokens: int = Field(default=2000, ge=16)
-    timeout: float = Field(default=60.0, gt=0, description="seconds for one request")
+    timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds for one request, its whole answer included (each try)",
+    )
     max_retries: int = Field(default=2, ge=0, le=10, description="transport retries (429, 5xx)")
     max_reasks: int = Field(default=2, ge=0, le=10, description="re-asks after invalid output")
     context_tokens: int = Field(
@@ -89,6 +122,14 @@ class LLMSettings(_Section):
     )
     rpm: float | None = Field(default=None, gt=0, description="requests per minute allowed")
     tpm: float | None = Field(default=None, gt=0, description="tokens per minute allowed")
+
+    # a rejected key must not show in a pydantic error's input_value either
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return _checked_key(v)
 
     @field_validator("base_url", mode="before")
     @classmethod
@@ -108,7 +149,11 @@ class ChatDashSettings(_Section):
 
     api_key: SecretStr | None = None
     base_url: str = DEFAULT_CHATDASH_BASE_URL
-    timeout: float = Field(default=30.0, gt=0, description="seconds for one request")
+    timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds for one request, its whole answer included (each try)",
+    )
     max_attempts: int = Field(default=4, ge=1, le=20, description="tries of one request")
     max_total_seconds: float = Field(
         default=120.0, gt=0, description="no retry starts after this long on one request"
@@ -118,6 +163,14 @@ class ChatDashSettings(_Section):
     max_connections: int = Field(
         default=16, ge=1, le=256, description="requests to ChatDash at once (each is quick)"
     )
+
+    # a rejected key must not show in a pydantic error's input_value either
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return _checked_key(v)
 
     @field_validator("base_url")
     @classmethod

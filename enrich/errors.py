@@ -12,7 +12,9 @@ one place; the CLI's exit codes and a batch result's ``stage`` are tables over i
     │   ├── LLMTransportError            timeout, connection, 429/5xx after retries, 401...
     │   ├── LLMRefusalError              the model refused (or a content filter stopped it)
     │   ├── LLMTruncatedError            the answer was cut off (finish_reason "length")
-    │   └── LLMValidationError           still invalid after every re-ask
+    │   ├── LLMValidationError           still invalid after every re-ask
+    │   └── LLMProtocolError             the answer is not an OpenAI-compatible API's (HTML,
+    │                                    junk, not UTF-8, not a chat completion, too big)
     ├── ChatDashError                exit 4  ChatDash did not take the write (or answer a read)
     │   └── ChatDashLookupError      exit 2  a read refused before anything was paid for:
     │                                        an unknown id (404), a bad key (401/403)...
@@ -27,6 +29,7 @@ Messages never contain secrets: anything built from a server's answer is passed 
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, NamedTuple
 
 from ._http import is_permanent
@@ -47,6 +50,7 @@ __all__ = [
     "LLMRefusalError",
     "LLMTruncatedError",
     "LLMValidationError",
+    "LLMProtocolError",
     "ChatDashError",
     "ChatDashLookupError",
     "redact",
@@ -57,18 +61,38 @@ __all__ = [
 ]
 
 
+def _forms(value: str) -> set[str]:
+    """The ways ``value`` can appear in a message: as it is, without the whitespace around it,
+    escaped as a ``str`` or ``bytes`` repr shows it (the HTTP libraries' ``Illegal header value
+    b'...\\r'``), and JSON-escaped (a server's answer quoting it)."""
+    forms = {value, value.strip(), repr(value)[1:-1], json.dumps(value)[1:-1]}
+    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            forms.add(repr(value.encode(encoding))[2:-1])
+        except UnicodeEncodeError:
+            pass
+    return forms
+
+
 def redact(text: str, secrets: Any) -> str:
     """Replace every secret value found in ``text`` with ``***``.
 
     ``secrets`` is an iterable of ``str`` or ``pydantic.SecretStr`` (``None`` items are ignored).
-    Secrets shorter than 4 characters are not replaced (they would mangle ordinary words).
+    A secret is also found escaped, as a ``str`` or ``bytes`` repr or in JSON shows it (a key
+    with a ``\\r`` in an HTTP library's ``Illegal header value b'...'``), and with the whitespace
+    around it removed. Secrets (and forms) shorter than 4 characters are not replaced (they would
+    mangle ordinary words).
     """
+    forms: set[str] = set()
     for secret in secrets or ():
         if secret is None:
             continue
         value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
         if len(value) >= 4:
-            text = text.replace(value, "***")
+            forms |= {f for f in _forms(value) if len(f) >= 4}
+    for form in sorted(forms, key=len, reverse=True):  # the longest first: no half-replaced key
+        text = text.replace(form, "***")
     return text
 
 
@@ -150,11 +174,20 @@ class LLMValidationError(LLMError):
         self.errors = list(errors or [])
 
 
+class LLMProtocolError(LLMError):
+    """The server answered, but not as an OpenAI-compatible API does: an HTML page (a base URL
+    pointing at a web UI), junk, text that is not UTF-8, JSON that is not a chat completion, or
+    an answer over the size limit. Not retried: the same server gives the same answer."""
+
+
 class ChatDashError(EnrichError):
     """ChatDash refused or did not answer a request, after retries where they apply.
 
     When the request was the write of an enrichment that was already paid for, ``result`` holds
-    that :class:`~enrich.EnrichmentResult`, so the caller can keep it.
+    that :class:`~enrich.EnrichmentResult`, so the caller can keep it. ``permanent`` says that
+    sending it again cannot succeed: ChatDash refused it with a 4xx, or (``permanent=True``) the
+    request could not even be built (an id too long for a URL, a header value no HTTP library
+    sends).
     """
 
     result: Any = None
@@ -166,17 +199,22 @@ class ChatDashError(EnrichError):
         method: str | None = None,
         url: str | None = None,
         status_code: int | None = None,
+        permanent: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.method = method
         self.url = url
         self.status_code = status_code
+        self._permanent = permanent
 
     @property
     def permanent(self) -> bool:
         """ChatDash refused the request itself (a 4xx that is not transient: a bad key, an
-        unknown id, a rejected body): sending it again cannot succeed until the cause is fixed.
-        A 429, a 5xx or no answer at all is not permanent: a later replay may succeed."""
+        unknown id, a rejected body), or the request could not be built: sending it again cannot
+        succeed until the cause is fixed. A 429, a 5xx or no answer at all is not permanent: a
+        later replay may succeed."""
+        if self._permanent is not None:
+            return self._permanent
         return is_permanent(self.status_code)
 
 

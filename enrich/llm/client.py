@@ -16,6 +16,19 @@ multiply): each try goes through the optional :class:`~enrich.ratelimit.RateLimi
 pauses every caller sharing it. Usage is summed over every attempt and travels with the result
 or the error.
 
+What a hostile or misconfigured server can do is bounded, and each is an :class:`LLMError`:
+
+- ``llm.timeout`` bounds the whole of one try (sending, waiting, reading all of the answer), not
+  each read: a server that sends one byte a second is cut off like one that never answers;
+- an answer over :func:`~enrich.llm.wire.max_answer_bytes` (derived from ``llm.max_tokens``,
+  counted after decompression) is refused while it is read (:class:`LLMProtocolError`);
+- an answer that is not a chat completion (an HTML page, junk, not UTF-8) is an
+  :class:`LLMProtocolError` saying "not an OpenAI-compatible API at <url>";
+- a redirect to another origin is never followed (the prompt would go there); a redirect on the
+  same origin is;
+- a ``Retry-After`` over :data:`~enrich._http.LONGEST_RETRY_AFTER` is not waited for: the
+  request fails at once, with or without the rate limiter.
+
 What is sent and how an answer is read, validated and corrected is :mod:`enrich.llm.wire`,
 shared with the Batch API path (:mod:`enrich.llm.batches`); this module sends and retries.
 """
@@ -24,18 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import zlib
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from .._http import backoff, is_transient, retry_after
+from .._http import LONGEST_RETRY_AFTER, backoff, is_transient, origin, retry_after, same_origin
 from .._perloop import PerLoop
-from ..config import LLMSettings
+from ..config import LLMSettings, key_problem
 from ..errors import (
     ConfigError,
     LLMError,
+    LLMProtocolError,
     LLMRefusalError,
     LLMTransportError,
     LLMTruncatedError,
@@ -46,7 +63,16 @@ from ..errors import (
 from ..models.usage import Usage
 from .ratelimit import RateLimiter
 from .tokens import get_counter
-from .wire import TOOL_NAME, read_answer, reask_messages, request_body, validate
+from .wire import (
+    TOOL_NAME,
+    Answer,
+    NotACompletion,
+    answer_from_bytes,
+    max_answer_bytes,
+    reask_messages,
+    request_body,
+    validate,
+)
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -61,6 +87,123 @@ DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
 #: One line per problem of a pydantic ``ValidationError`` (:func:`enrich.errors.validation_errors`).
 format_validation_errors = validation_errors
+
+#: The answer size limit of the request being sent by this task (set by ``_send`` around one
+#: chat completion; unset for the Batch API's uploads and downloads, which are not bounded).
+_ANSWER_LIMIT: ContextVar[int | None] = ContextVar("enrich_llm_answer_limit", default=None)
+
+#: The encodings a bounded request accepts: those whose decoded size can be counted as it is read.
+_ACCEPT_ENCODING = "gzip, deflate"
+
+
+class _BadAnswer(Exception):
+    """An answer refused while it was read: ``too_big``, or encoded in a way not asked for."""
+
+    def __init__(self, message: str, *, too_big: bool = False) -> None:
+        super().__init__(message)
+        self.too_big = too_big
+
+
+class _Meter:
+    """Counts an answer's bytes as they arrive, decompressed as the HTTP library will decompress
+    them (gzip or deflate, in bounded pieces), and refuses it past ``limit``."""
+
+    def __init__(self, limit: int, encodings: list[str]) -> None:
+        self.limit = limit
+        self.raw = self.decoded = 0
+        self.first = True
+        self.deflate = encodings == ["deflate"]
+        self.z: Any = None
+        if encodings in (["gzip"], ["x-gzip"]):
+            self.z = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        elif self.deflate:
+            self.z = zlib.decompressobj()
+        elif encodings:
+            raise _BadAnswer(
+                f"the answer is encoded as {', '.join(encodings)!r}, which was not asked for "
+                f"(Accept-Encoding: {_ACCEPT_ENCODING})"
+            )
+
+    def _count(self, n: int, total: int) -> int:
+        total += n
+        if total > self.limit:
+            raise _BadAnswer(f"it is over {self.limit:,} bytes", too_big=True)
+        return total
+
+    def _inflate(self, chunk: bytes) -> bytes:
+        first, self.first = self.first, False
+        try:
+            return self.z.decompress(chunk, 1 << 16)
+        except zlib.error:
+            if not (first and self.deflate):
+                raise _BadAnswer("the answer's compressed body cannot be decompressed") from None
+        self.z = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate: httpx tries it too
+        return self._inflate(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        self.raw = self._count(len(chunk), self.raw)
+        if self.z is None:
+            self.decoded = self._count(len(chunk), self.decoded)
+            return
+        self.decoded = self._count(len(self._inflate(chunk)), self.decoded)
+        while self.z.unconsumed_tail:
+            out = self.z.decompress(self.z.unconsumed_tail, 1 << 16)
+            self.decoded = self._count(len(out), self.decoded)
+
+
+_STREAMS: dict[type, type] = {}
+
+
+def _metered(response: Any, limit: int) -> Any:
+    """``response``'s body stream, wrapped in a :class:`_Meter`. The wrapper subclasses the
+    ``AsyncByteStream`` of the library ``response`` comes from (the openai SDK's ``httpx2``, or
+    ``httpx`` for older SDKs), which the library requires of a body stream."""
+    lib = sys.modules[type(response).__module__.partition(".")[0]]
+    base = lib.AsyncByteStream
+    if base not in _STREAMS:
+
+        class Metered(base):  # type: ignore[misc, valid-type]
+            def __init__(self, inner: Any, meter: _Meter) -> None:
+                self.inner, self.meter = inner, meter
+
+            async def __aiter__(self) -> Any:
+                async for chunk in self.inner:
+                    self.meter.feed(chunk)
+                    yield chunk
+
+            async def aclose(self) -> None:
+                await self.inner.aclose()
+
+        _STREAMS[base] = Metered
+    values = response.headers.get_list("content-encoding", split_commas=True)
+    encodings = [v.strip().lower() for v in values if v.strip().lower() not in ("", "identity")]
+    meter = _Meter(limit, encodings)
+    length = response.headers.get("content-length")
+    if length and length.strip().isdigit() and int(length) > limit:
+        raise _BadAnswer(f"it is {int(length):,} bytes, over {limit:,} bytes", too_big=True)
+    return _STREAMS[base](response.stream, meter)
+
+
+async def _on_response(response: Any) -> None:
+    """The SDK's HTTP client's response hook: refuse a redirect to another origin (before it is
+    followed: the request's body, the prompt, would go there), and meter the body of an answer
+    whose size is bounded (:data:`_ANSWER_LIMIT`)."""
+    if response.has_redirect_location:
+        url = str(response.request.url)
+        location = response.headers["location"]
+        if not same_origin(url, location):
+            import openai
+
+            scheme, host, port = origin(str(response.request.url.join(location)))
+            raise openai.APIStatusError(
+                f"redirect (HTTP {response.status_code}) to another origin, "
+                f"{scheme}://{host}:{port}: not followed",
+                response=response,
+                body=None,
+            )
+    limit = _ANSWER_LIMIT.get()
+    if limit is not None:
+        response.stream = _metered(response, limit)
 
 
 @dataclass
@@ -112,12 +255,18 @@ class StructuredLLM:
         return self.settings.base_url or DEFAULT_OPENAI_URL
 
     def check(self) -> None:
-        """Raise :class:`ConfigError` if the LLM cannot be called at all (no key for OpenAI)."""
+        """Raise :class:`ConfigError` if the LLM cannot be called at all (no key for OpenAI, or a
+        key no HTTP header can carry: the configuration checks it too, this catches settings
+        made without validation)."""
         if self.settings.api_key is None and self.settings.base_url is None:
             raise ConfigError(
                 "OPENAI_API_KEY is not set: the LLM needs a key (or set OPENAI_BASE_URL to a "
                 "server that needs none)"
             )
+        if self.settings.api_key is not None:
+            problem = key_problem(self.settings.api_key.get_secret_value())
+            if problem is not None:
+                raise ConfigError(f"OPENAI_API_KEY (llm.api_key): {problem}")
 
     def client(self) -> AsyncOpenAI:
         """The ``openai`` SDK client of the running event loop (made on first use), with the
@@ -127,7 +276,7 @@ class StructuredLLM:
 
     def _new_client(self) -> AsyncOpenAI:
         self.check()
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         key = self.settings.api_key.get_secret_value() if self.settings.api_key else "unused"
         return AsyncOpenAI(
@@ -135,6 +284,9 @@ class StructuredLLM:
             base_url=self.base_url,
             timeout=self.settings.timeout,
             max_retries=0,  # enrich retries, through the rate limiter (see _send)
+            # the SDK's own client (its limits; it follows redirects), with the hook that
+            # refuses a redirect to another origin and meters bounded answers
+            http_client=DefaultAsyncHttpxClient(event_hooks={"response": [_on_response]}),
         )
 
     async def aclose(self) -> None:
@@ -169,7 +321,21 @@ class StructuredLLM:
         retries = self.settings.max_retries
         status = getattr(exc, "status_code", None)
         detail = redact(str(getattr(exc, "message", "") or exc), secrets)
-        if isinstance(exc, openai.APITimeoutError):
+        if len(detail) > 500:
+            detail = detail[:500] + "..."
+        if isinstance(exc, openai.APIStatusError) and status is not None and 300 <= status < 400:
+            location = exc.response.headers.get("location")
+            if location and not same_origin(str(exc.response.request.url), location):
+                scheme, host, port = origin(str(exc.response.request.url.join(location)))
+                target = redact(f"{scheme}://{host}:{port}", secrets)
+                msg = (
+                    f"the LLM at {where} redirected the request (HTTP {status}) to another "
+                    f"origin, {target}: not followed, so the prompt was not sent there (if the "
+                    "API moved, set OPENAI_BASE_URL or llm.base_url to its new address)"
+                )
+            else:
+                msg = f"the LLM at {where} answered HTTP {status} (a redirect enrich cannot follow)"
+        elif isinstance(exc, openai.APITimeoutError):
             msg = (
                 f"the LLM at {where} did not answer within {self.settings.timeout:g}s "
                 f"({retries} retries)"
@@ -226,10 +392,12 @@ class StructuredLLM:
         while True:
             attempts += 1
             try:
-                response = await self._send(client, self.request_body(messages, schema))
+                answer = await self._send(client, self.request_body(messages, schema))
             except openai.OpenAIError as exc:
                 raise self._transport_error(exc, attempts, usage, raw_outputs) from None
-            answer = read_answer(response)
+            except LLMError as exc:  # raised by _send itself: add what this call spent
+                exc.attempts, exc.usage, exc.raw_outputs = attempts, usage, list(raw_outputs)
+                raise
             usage = usage + answer.usage
             if not answer.has_choice:
                 raise LLMError(
@@ -277,47 +445,91 @@ class StructuredLLM:
                 )
             messages += reask_messages(answer, reask(errors))
 
-    async def _send(self, client: AsyncOpenAI, kwargs: dict[str, Any]) -> Any:
+    async def _send(self, client: AsyncOpenAI, kwargs: dict[str, Any]) -> Answer:
         """One request, paced by the rate limiter, retried on 429, 5xx, timeouts and dropped
-        connections (``max_retries`` times, honouring ``Retry-After``)."""
-        import openai
-        from openai.types.chat import ChatCompletion
+        connections (``max_retries`` times, honouring ``Retry-After`` up to
+        :data:`~enrich._http.LONGEST_RETRY_AFTER`); its :class:`Answer`.
 
+        Each try has ``llm.timeout`` for all of it, and its answer is refused past
+        :func:`~enrich.llm.wire.max_answer_bytes`."""
+        import openai
+
+        s = self.settings
         estimate = 0
         if self.limiter is not None:
-            counter = get_counter(self.settings.tokenizer)
+            counter = get_counter(s.tokenizer)
             prompt = sum(counter.count(str(m.get("content") or "")) + 4 for m in kwargs["messages"])
-            estimate = prompt + min(self.settings.max_tokens, 600)
-        for retry in range(self.settings.max_retries + 1):
+            estimate = prompt + min(s.max_tokens, 600)
+        limit = max_answer_bytes(s.max_tokens)
+        for retry in range(s.max_retries + 1):
             if self.limiter is not None:
                 await self.limiter.acquire(estimate)
             self.stats.requests += 1
+            token = _ANSWER_LIMIT.set(limit)
             try:
-                # The documented generic post(): the same request, errors and response type as
-                # chat.completions.create(), without re-walking our plain-dict parameters
-                # (schema included) through the SDK's TypedDict transform on every call.
-                response = await client.post(
-                    "/chat/completions", body=kwargs, cast_to=ChatCompletion
-                )
+                # The documented generic post(): the same request and errors as
+                # chat.completions.create(), read as bytes so that enrich, not the SDK, says
+                # what an answer that is not a chat completion is (see answer_from_bytes).
+                async with asyncio.timeout(s.timeout):
+                    content = await client.post(
+                        "/chat/completions",
+                        body=kwargs,
+                        cast_to=bytes,
+                        options={"headers": {"Accept-Encoding": _ACCEPT_ENCODING}},
+                    )
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status == 429:
                     self.stats.rate_limited += 1
-                if not is_transient(status) or retry == self.settings.max_retries:
+                if not is_transient(status) or retry == s.max_retries:
                     raise
                 delay = retry_after(exc.response.headers)
+                if delay is not None and delay > LONGEST_RETRY_AFTER:
+                    if status == 429 and self.limiter is not None:
+                        self.limiter.penalize(LONGEST_RETRY_AFTER)  # the others wait, capped
+                    raise LLMTransportError(
+                        f"the LLM at {self.base_url} answered HTTP {status} and asked to wait "
+                        f"{delay:,.0f}s before trying again (Retry-After): more than enrich "
+                        f"waits ({LONGEST_RETRY_AFTER:g}s); try again later",
+                        status_code=status,
+                    ) from None
                 if status == 429 and self.limiter is not None:
                     delay = self.limiter.penalize(delay)  # everyone waits, not just this call
-                delay = backoff(retry) if delay is None else min(delay, 60.0)
-            except (openai.APITimeoutError, openai.APIConnectionError):
-                if retry == self.settings.max_retries:
+                delay = backoff(retry) if delay is None else min(delay, LONGEST_RETRY_AFTER)
+            except (openai.APITimeoutError, openai.APIConnectionError, TimeoutError) as exc:
+                if retry == s.max_retries:
+                    if isinstance(exc, TimeoutError):  # the whole try's deadline
+                        raise LLMTransportError(
+                            f"the LLM at {self.base_url} did not answer within {s.timeout:g}s "
+                            f"({s.max_retries} retries): the whole answer must arrive in "
+                            "llm.timeout"
+                        ) from None
                     raise
                 delay = backoff(retry)
+            except _BadAnswer as exc:
+                if exc.too_big:
+                    raise LLMProtocolError(
+                        f"the answer of the LLM at {self.base_url} was refused: {exc} (the "
+                        f"limit follows llm.max_tokens={s.max_tokens})"
+                    ) from None
+                raise LLMProtocolError(
+                    f"not an OpenAI-compatible API at {self.base_url}: {exc}"
+                ) from None
             else:
+                try:
+                    answer = answer_from_bytes(content)
+                except NotACompletion as exc:
+                    raise LLMProtocolError(
+                        f"not an OpenAI-compatible API at {self.base_url}: "
+                        f"{redact(str(exc), [s.api_key])}"
+                    ) from None
                 if self.limiter is not None:
-                    actual = response.usage.total_tokens if response.usage else estimate
-                    self.limiter.settle(estimate, actual)
-                return response
+                    u = answer.usage
+                    actual = u.prompt_tokens + u.completion_tokens
+                    self.limiter.settle(estimate, actual or estimate)
+                return answer
+            finally:
+                _ANSWER_LIMIT.reset(token)
             self.stats.retries += 1
             log.info("LLM request failed; retry %d in %.2fs", retry + 1, delay)
             await asyncio.sleep(delay)

@@ -9,7 +9,11 @@ accepts the other accepts too.
   takes it: ``{"type": "json_object", "schema": {...}}``) or ``tools`` (one forced function call
   whose parameters are the schema);
 - :func:`read_answer`: the :class:`Answer` in a ChatCompletion (the text or the tool call's
-  arguments, the refusal, ``finish_reason``, usage, model);
+  arguments, the refusal, ``finish_reason``, usage, model); :func:`answer_from_bytes` reads it
+  from the raw body of an answer, and says in plain words (:class:`NotACompletion`) when that
+  body is not a chat completion at all (an HTML page, junk, text that is not UTF-8);
+- :func:`max_answer_bytes`: the size over which an answer is refused, derived from
+  ``llm.max_tokens`` and far above any real answer;
 - :func:`validate`: the answer's text as a validated value, or the list of what is wrong with it
   (a ```` ```json ```` fence around the JSON is accepted, an empty answer is an error);
 - :func:`reask_messages`: the assistant's invalid answer and the correction, to append to the
@@ -41,6 +45,9 @@ __all__ = [
     "validate",
     "reask_messages",
     "EMPTY_ANSWER",
+    "NotACompletion",
+    "answer_from_bytes",
+    "max_answer_bytes",
 ]
 
 T = TypeVar("T", bound=BaseModel)
@@ -158,6 +165,77 @@ def read_answer(completion: Any) -> Answer:
         usage=usage,
         model=model,
     )
+
+
+class NotACompletion(ValueError):
+    """The body of an answer is not an OpenAI-compatible chat completion; the message says what
+    it is instead, in plain words."""
+
+
+#: Bytes of answer allowed per token of ``max_tokens``: a token is a few characters, each at most
+#: 12 bytes once JSON-escaped twice (a tool call's arguments are a JSON string in JSON), and the
+#: body adds its envelope (ids, usage, finish reason).
+ANSWER_BYTES_PER_TOKEN = 256
+#: The smallest limit, whatever ``max_tokens`` says.
+MIN_ANSWER_BYTES = 1 << 20
+
+
+def max_answer_bytes(max_tokens: int) -> int:
+    """The largest answer body accepted for a request of ``max_tokens``: 256 bytes a token, at
+    least 1 MiB (512 kB of answer for 2,000 tokens, whose real answers weigh a few kB)."""
+    return max(MIN_ANSWER_BYTES, max_tokens * ANSWER_BYTES_PER_TOKEN)
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def answer_from_bytes(content: bytes) -> Answer:
+    """The :class:`Answer` in the raw body of a chat completion, or :class:`NotACompletion`
+    saying what the body is instead."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotACompletion(
+            f"the answer is not UTF-8 text (byte 0x{content[exc.start]:02x} at {exc.start})"
+        ) from None
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if not stripped:
+        raise NotACompletion("the answer is empty (HTTP 200 with no body)")
+    if stripped.startswith("<"):
+        raise NotACompletion(
+            f"the answer is an HTML or XML page, not JSON: {_excerpt(stripped)} (does the base "
+            "URL point at a web page rather than the API? it usually ends in /v1)"
+        )
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        raise NotACompletion(f"the answer is not JSON: {_excerpt(stripped)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise NotACompletion(
+            f"the JSON answer is not a chat completion (no list of choices): {_excerpt(stripped)}"
+        )
+    choices = data["choices"]
+    if choices and not (
+        isinstance(choices[0], dict) and isinstance(choices[0].get("message"), dict)
+    ):
+        raise NotACompletion("the JSON answer's first choice has no message object")
+    from openai.types.chat import ChatCompletion
+
+    # leniently, as the openai SDK reads an answer: servers differ in the fields they send
+    completion = ChatCompletion.construct(**data)
+    try:
+        answer = read_answer(completion)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        raise NotACompletion(f"the JSON answer is not a chat completion ({exc})") from None
+    fields = (("content", answer.text), ("finish_reason", answer.finish_reason))
+    for name, value in (*fields, ("model", answer.model)):
+        if value is not None and not isinstance(value, str):
+            raise NotACompletion(f"the JSON answer's {name} is not a string")
+    if answer.refusal is not None and not isinstance(answer.refusal, str):
+        raise NotACompletion("the JSON answer's refusal is not a string")
+    return answer
 
 
 def strip_fences(text: str) -> str:
