@@ -11,15 +11,19 @@ Six templates make the conversations with the model:
 
 The defaults ship inside the package. A user's folder (``analysis.prompts_dir``) is searched
 first, so a user overrides one template by writing a file of the same name; any template missing
-there falls back to the packaged one. A variable the context does not have is an error, never an
-empty string.
+there falls back to the packaged one; the folder gives those names only (never another file of
+it, nor a path). A variable the context does not have is an error, never an empty string. The
+sandbox is bounded (:data:`MAX_RANGE`, :data:`MAX_REPEAT`, :data:`MAX_POWER_BITS`), and
+whatever fails while a template renders is a :class:`~enrich.errors.TemplateError` naming it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,23 @@ TEMPLATE_NAMES = ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2", "an
 #: fields or named criteria (and only then counts in :meth:`Prompts.fingerprint`).
 BASE_TEMPLATES = TEMPLATE_NAMES[:5]
 
-_FENCE = re.compile(r"<(/?)(transcript|notes)", re.IGNORECASE)
+#: What opens a tag, as a reader sees it: ``<``, the characters NFKC makes ``<`` (full-width,
+#: small) and look-alikes (angle brackets and quotation marks); then what reads as ``/``.
+_OPENERS = "<\ufe64\uff1c\u2039\u2329\u3008\u27e8\u02c2\u1438"
+_SLASHES = "/\uff0f\u2044\u2215\u29f8"
+_OPENER = re.compile(f"[{_OPENERS}]")
+#: The fences' names, as NFKC and casefold make them.
+_FENCE_NAMES = ("transcript", "notes")
+#: Characters a reader does not see between a tag's parts: spaces, controls, format characters
+#: (zero-width, bidi) and combining marks.
+_UNSEEN = frozenset(("Cc", "Cf", "Mn", "Me", "Zs", "Zl", "Zp"))
+#: How far after its ``<`` a look-alike tag's name may end.
+_TAG_REACH = 64
+#: The most a template's ``range()`` may count, the longest sequence its ``*`` may repeat and
+#: the largest power its ``**`` may raise: a template cannot stall or exhaust the process.
+MAX_RANGE = 10_000
+MAX_REPEAT = 1_000_000
+MAX_POWER_BITS = 4_096
 
 
 def packaged_prompts_dir() -> Path:
@@ -50,9 +70,120 @@ def packaged_prompts_dir() -> Path:
     )
 
 
+def _fold(ch: str) -> str:
+    return unicodedata.normalize("NFKC", ch).casefold()
+
+
+def _unseen(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch) in _UNSEEN
+
+
+def _fence_name_at(text: str, i: int) -> int | None:
+    """Where the fence's name starts when ``text[i]`` opens something that reads as a
+    ``<transcript>``, ``</transcript>``, ``<notes>`` or ``</notes>`` tag (after NFKC and
+    casefold, with unseen characters anywhere inside it); else ``None``."""
+    end = min(len(text), i + _TAG_REACH)
+    j = i + 1
+    while j < end and _unseen(text[j]):
+        j += 1
+    if j < end and (text[j] in _SLASHES or _fold(text[j]) == "/"):
+        j += 1
+        while j < end and _unseen(text[j]):
+            j += 1
+    start, folded = j, ""
+    while j < end:
+        ch = text[j]
+        j += 1
+        if _unseen(ch):
+            continue
+        folded += _fold(ch)
+        if any(folded.startswith(name) for name in _FENCE_NAMES):
+            return start
+        if not any(name.startswith(folded) for name in _FENCE_NAMES):
+            return None
+    return None
+
+
 def _data(text: str) -> str:
-    """Keep dialogue from opening or closing the ``<transcript>`` and ``<notes>`` fences."""
-    return _FENCE.sub(lambda m: f"<{m.group(1)}\u200b{m.group(2)}", text)
+    """Keep dialogue from opening or closing the ``<transcript>`` and ``<notes>`` fences: a
+    zero-width space goes before the name of anything that reads as one of their tags, whatever
+    its case, spaces or look-alike characters (``</ transcript>``, ``\uff1c/transcript\uff1e``)."""
+    text = str(text)
+    cuts = [
+        at for m in _OPENER.finditer(text) if (at := _fence_name_at(text, m.start())) is not None
+    ]
+    if not cuts:
+        return text
+    parts, last = [], 0
+    for at in cuts:
+        parts += [text[last:at], "\u200b"]
+        last = at
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def _bounded_range(*args: int) -> range:
+    """``range`` for templates: at most :data:`MAX_RANGE` numbers."""
+    from jinja2.exceptions import SecurityError
+
+    numbers = range(*args)
+    try:
+        count = len(numbers)
+    except OverflowError:  # more than the machine can count
+        count = MAX_RANGE + 1
+    if count > MAX_RANGE:
+        raise SecurityError(f"{numbers}: over {MAX_RANGE:,} numbers")
+    return numbers
+
+
+@functools.cache
+def _sandbox() -> type:
+    """jinja2's immutable sandbox, bounded: a template's ``range()`` counts to
+    :data:`MAX_RANGE` at most, ``*`` repeats a sequence to :data:`MAX_REPEAT` items and ``**``
+    makes numbers of :data:`MAX_POWER_BITS` bits at most."""
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.globals["range"] = _bounded_range
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and _whole(left) and _whole(right) and abs(left) > 1:
+                if right * abs(left).bit_length() > MAX_POWER_BITS:
+                    raise SecurityError(f"{left} ** {right}: a number too large")
+            if operator == "*":
+                for seq, times in ((left, right), (right, left)):
+                    if isinstance(seq, str | bytes | list | tuple) and _whole(times):
+                        if len(seq) * times > MAX_REPEAT:
+                            raise SecurityError(
+                                f"a sequence repeated {times:,} times (over {MAX_REPEAT:,} items)"
+                            )
+            return super().call_binop(context, operator, left, right)
+
+    return Sandbox
+
+
+def _known_names_only(loader: Any) -> Any:
+    """``loader``, serving the templates of :data:`TEMPLATE_NAMES` and nothing else."""
+    from jinja2 import FunctionLoader, TemplateNotFound
+
+    def load(name: str) -> Any:
+        if name not in TEMPLATE_NAMES:
+            raise TemplateNotFound(name)
+        try:
+            return loader.get_source(None, name)
+        except TemplateNotFound:
+            return None
+
+    return FunctionLoader(load)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _mmss(seconds: float) -> str:
@@ -67,15 +198,16 @@ class Prompts:
 
     def __init__(self, prompts_dir: Path | str | None = None) -> None:
         from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         self.user_dir = Path(prompts_dir).expanduser() if prompts_dir else None
         if self.user_dir is not None and not self.user_dir.is_dir():
             raise TemplateError(f"{self.user_dir}: prompts folder not found (analysis.prompts_dir)")
         self.packaged_dir = packaged_prompts_dir()
-        dirs = [d for d in (self.user_dir, self.packaged_dir) if d is not None]
-        self._env = ImmutableSandboxedEnvironment(
-            loader=ChoiceLoader([FileSystemLoader(str(d)) for d in dirs]),
+        loaders = [FileSystemLoader(str(self.packaged_dir))]
+        if self.user_dir is not None:  # the user's folder gives the known templates only
+            loaders.insert(0, _known_names_only(FileSystemLoader(str(self.user_dir))))
+        self._env = _sandbox()(
+            loader=ChoiceLoader(loaders),
             undefined=StrictUndefined,
             autoescape=False,
             trim_blocks=True,
@@ -88,7 +220,9 @@ class Prompts:
     # -- listing, for `enrich templates` -------------------------------------------------------
 
     def origin(self, name: str) -> Path:
-        """The file that provides template ``name``."""
+        """The file that provides template ``name``: one of :data:`TEMPLATE_NAMES`, never a path."""
+        if name not in TEMPLATE_NAMES:
+            raise TemplateError(f"no template named {name!r} (known: {', '.join(TEMPLATE_NAMES)})")
         for folder in (self.user_dir, self.packaged_dir):
             if folder is not None and (folder / name).is_file():
                 return folder / name
@@ -134,6 +268,8 @@ class Prompts:
             raise TemplateError(f"{name}: unsafe operation in template: {exc}") from None
         except JinjaError as exc:  # UndefinedError and the rest
             raise TemplateError(f"{name}: {exc.message or exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever a template does wrong is its error
+            raise TemplateError(f"{name}: rendering failed: {type(exc).__name__}: {exc}") from None
 
     def context(
         self,

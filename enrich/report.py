@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .models.spec import AnalysisSpec
+from .resultfiles import COST_DIGITS
 
 __all__ = ["Report", "FieldSummary", "CriterionSummary", "summarize", "rows_from_ledger"]
 
@@ -134,7 +135,8 @@ def summarize(
             int(r.get("cached_tokens") or 0) for r in enriched if not r.get("reused")
         ),
         requests=sum(int(r.get("requests") or 0) for r in enriched if not r.get("reused")),
-        cost=sum(c for c in costs if c is not None),
+        # rounded as results files round each cost: no float noise in what is shown
+        cost=round(sum(c for c in costs if c is not None), COST_DIGITS),
         uncosted=sum(1 for c in costs if c is None),
         fields=[_field_summary(f, [r.get(f.name) for r in enriched], top) for f in spec.fields],
         criteria=[

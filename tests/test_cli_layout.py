@@ -63,7 +63,7 @@ def test_every_command_keeps_its_name_and_its_place_in_help():
         "ledger",
     ]
     assert list(group.commands["ledger"].commands) == ["stats"]
-    assert list(group.commands["templates"].commands) == ["list", "show"]
+    assert list(group.commands["templates"].commands) == ["list", "show", "copy"]
 
 
 def test_batch_and_backfill_share_their_job_options():

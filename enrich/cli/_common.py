@@ -10,17 +10,24 @@ This module is the one place where errors become exit codes, a table over
 3     the LLM failed after its retries
 4     the write to ChatDash failed (the paid-for result is printed on stdout)
 5     a batch finished, but some conversations failed (see its output)
+6     the results could not be written to ``--output`` (disk full...): the ledger keeps them
 130   interrupted (a batch resumes when run again)
 ====  =====================================================================
 
 Errors are one line on stderr; ``--verbose`` adds detail. Standard output carries only the
 result (or, with ``--dry-run``, only the body that would be PUT), so it can be piped.
+
+Text that came from outside (a transcript, the model's answers, a server's errors, a file name)
+is shown as text: never as rich markup (:func:`cell`), and never with the control sequences that
+would drive the terminal (:func:`plain`, which :func:`err` and :func:`say` apply; :func:`out`,
+which also prints JSON, removes only what JSON never holds raw, so JSON stays exact).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +48,7 @@ EXIT_INPUT = 2
 EXIT_LLM = 3
 EXIT_WRITE = 4
 EXIT_PARTIAL = 5
+EXIT_OUTPUT = 6
 EXIT_INTERRUPTED = 130
 
 #: The exit code of each family of errors.
@@ -57,8 +65,49 @@ log = logging.getLogger("enrich")
 
 
 def exit_code_for(exc: BaseException) -> int:
-    """The exit code for an exception: the single mapping the CLI uses."""
+    """The exit code for an exception: the single mapping the CLI uses. A results file that
+    cannot be written (:class:`enrich.resultfiles.ResultFileError`, an ``OSError``; looked up
+    only once that module is loaded, so the CLI starts lean) has its own."""
+    files = sys.modules.get("enrich.resultfiles")
+    if files is not None and isinstance(exc, files.ResultFileError):
+        return EXIT_OUTPUT
     return EXIT_CODES[error_class(exc)]
+
+
+# -- text from outside, shown safely -------------------------------------------------------------
+
+#: Escape sequences (CSI, OSC, DCS and the other strings, two-byte ones), in their 7-bit and
+#: 8-bit forms; a string left unterminated runs to the end of the line.
+_SEQUENCE = (
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -~]?"
+)
+#: What :func:`plain` removes: escape sequences, every control character but the tab and the
+#: line feed (carriage returns, backspaces and bells rewrite or ring the terminal), and the
+#: bidirectional overrides and isolates (which reorder what is shown).
+_CONTROLS = re.compile(f"{_SEQUENCE}|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: What :func:`out` removes: the escape sequences and C0 controls, which JSON never holds raw
+#: (``json.dumps`` writes them as ``\\u001b``), so JSON output is left exact.
+_C0 = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b[\]PX^_][^\x07\x1b\n]*(?:\x07|\x1b\\)?|\x1b[ -~]?"
+    r"|[\x00-\x08\x0b-\x1f]"
+)
+
+
+def plain(text: Any) -> str:
+    """``text`` without anything that drives a terminal: escape sequences, control characters
+    (tab and line feed kept), bidirectional overrides. For every human-readable output; JSON and
+    JSON Lines are left exact."""
+    return _CONTROLS.sub("", str(text))
+
+
+def cell(text: Any) -> Any:
+    """``text`` for a rich table or line: :func:`plain`, and never read as markup (a chat user's
+    ``[/bold]`` is shown as typed)."""
+    from rich.text import Text
+
+    return Text(plain(text))
 
 
 def console(**kwargs: Any) -> Any:
@@ -76,11 +125,11 @@ def print_pairs(title: str, rows: Any, **kwargs: Any) -> None:
     """A table of names and right-aligned values, on a :func:`console` made with ``kwargs``."""
     from rich.table import Table
 
-    table = Table(title=title, show_header=False)
+    table = Table(title=cell(title), show_header=False)
     table.add_column("")
     table.add_column("", justify="right")
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(cell(name), cell(value))
     console(**kwargs).print(table)
 
 
@@ -104,11 +153,20 @@ class State:
 
 
 def err(text: str) -> None:
-    typer.echo(redact(text, State.secrets), err=True)
+    """One human-readable line (or more) on stderr: secrets redacted, controls removed."""
+    typer.echo(plain(redact(text, State.secrets)), err=True)
 
 
 def out(text: str) -> None:
-    typer.echo(text)
+    """Standard output, JSON included: escape sequences and C0 controls removed (JSON never
+    holds them raw, so it is printed exactly as made)."""
+    typer.echo(_C0.sub("", text))
+
+
+def say(text: str) -> None:
+    """A human-readable line on stdout, which may quote a transcript, the model or a server:
+    :func:`plain` (no escape sequence or control character reaches the terminal)."""
+    typer.echo(plain(text))
 
 
 class _Redact(logging.Filter):
@@ -182,7 +240,9 @@ def _fail(exc: BaseException) -> NoReturn:
             payload["raw_outputs"] = llm.raw_outputs
         result = getattr(exc, "result", None)
         if result is not None:
-            payload["result"] = result.model_dump(mode="json")
+            from ..resultfiles import rounded_costs
+
+            payload["result"] = rounded_costs(result.model_dump(mode="json"))
         out(json.dumps(payload, ensure_ascii=False))
     raise typer.Exit(code)
 

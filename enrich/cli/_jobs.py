@@ -7,6 +7,7 @@ parameters and takes a :class:`JobOptions`; :func:`job_command` gives it the opt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -52,6 +53,14 @@ OutputOpt = Annotated[
         show_default=False,
     ),
 ]
+CsvRawOpt = Annotated[
+    bool,
+    typer.Option(
+        "--csv-raw",
+        help="Write CSV cells as they are: by default a cell starting with =, +, -, @ (a "
+        "spreadsheet formula) is written after an apostrophe.",
+    ),
+]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Enrich (and keep in the ledger), write nothing.")
 ]
@@ -87,6 +96,7 @@ class JobOptions:
     tpm: TpmOpt = None
     dry_run: DryRunOpt = False
     output: OutputOpt = None
+    csv_raw: CsvRawOpt = False
     force: ForceOpt = False
     via: ViaOpt = "direct"
     poll_seconds: PollOpt = 10.0
@@ -139,20 +149,22 @@ def run_job(
         if lists or not (job.estimate or job.dry_run):
             enricher.chatdash.check()
         if job.estimate:
-            return _estimate(enricher, items(enricher), force=job.force, output=job.output)
+            return _estimate(enricher, items(enricher), job=job)
         return _drive(enricher, items(enricher), total=count, job=job)
     finally:
         enricher.close()
 
 
-def _estimate(enricher: Any, items: Any, *, force: bool, output: str | None) -> int:
-    """Estimate a job's cost without calling the LLM; write rows to ``output``."""
+def _estimate(enricher: Any, items: Any, *, job: JobOptions) -> int:
+    """Estimate a job's cost without calling the LLM; write rows to ``job.output``."""
     from ..engine.batch import estimate_many
+    from ..resultfiles import ResultFileError, neutralise, round_cost
 
     async def collect() -> list[Any]:
-        return [row async for row in estimate_many(enricher, items, force=force)]
+        return [row async for row in estimate_many(enricher, items, force=job.force)]
 
-    rows = enricher.sync.run(collect())
+    rows = [r.model_copy(update={"cost": round_cost(r.cost)}) for r in enricher.sync.run(collect())]
+    output = job.output
     if output:
         path = Path(output) if output != "-" else None
         if path is not None and path.suffix.lower() not in (".jsonl", ".csv"):
@@ -162,17 +174,21 @@ def _estimate(enricher: Any, items: Any, *, force: bool, output: str | None) -> 
             import csv
             import io
 
+            cell = (lambda value: value) if job.csv_raw else neutralise
             buf = io.StringIO()
             fields = list(type(rows[0]).model_fields) if rows else ["ok"]
             writer = csv.DictWriter(buf, fieldnames=fields)
             writer.writeheader()
             for r in rows:
-                writer.writerow(r.model_dump())
+                writer.writerow({k: cell(v) for k, v in r.model_dump().items()})
             text = buf.getvalue()
         if path is None:
             out(text.rstrip())
         else:
-            path.write_text(text, encoding="utf-8")
+            try:
+                path.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise ResultFileError(path, exc) from exc
     # the estimate is this command's output: stdout, unless the rows went there
     print_estimate(enricher, rows, stderr=output == "-")
     return EXIT_OK
@@ -191,15 +207,17 @@ def _drive(
     import time
 
     from ..models.results import BatchTotals
-    from ..resultfiles import open_writer
+    from ..resultfiles import ResultFileError, open_writer
 
     via = _via(job.via)
-    writer = open_writer(job.output, enricher.config.report_spec()) if job.output else None
+    spec = enricher.config.report_spec()
+    writer = open_writer(job.output, spec, formulas=job.csv_raw) if job.output else None
+    lost: ResultFileError | None = None  # the output could not take a result
     totals = BatchTotals()
     progress = Progress(total)
 
     def on_progress(status: dict[str, Any]) -> None:
-        err(
+        progress.say(
             f"enrich: batch {status['id']}: {status['status']}, "
             f"{status['completed']}/{status['total']} done, {status['failed']} failed"
         )
@@ -218,14 +236,25 @@ def _drive(
     shown = 0
 
     def handle(result: Any) -> None:
-        nonlocal shown
+        nonlocal shown, lost, writer
         totals.add(result)
         if writer is not None:
-            writer.write(result)
+            try:
+                writer.write(result)
+            except ResultFileError as exc:
+                # what is in flight was paid for: it finishes into the ledger, then we stop
+                failed_writer, lost, writer = writer, exc, None
+                with contextlib.suppress(OSError):
+                    failed_writer.close()
+                run.stop()
+                progress.say(
+                    f"enrich: stopping: {exc.path} cannot take the results ({exc.strerror}); "
+                    "finishing the conversations in flight"
+                )
         if not result.ok and shown < failures_shown:
             shown += 1
             where = result.conversation_id or (f"line {result.line}" if result.line else "?")
-            err(f"enrich: failed: {where}: {result.error}")
+            progress.say(f"enrich: failed: {where}: {result.error}")
         progress.update(totals)
 
     try:
@@ -245,7 +274,7 @@ def _drive(
                     break
                 interrupted = True
                 run.stop()
-                err(
+                progress.say(
                     "enrich: stopping: finishing the conversations in flight "
                     "(Ctrl-C again to abandon them)"
                 )
@@ -260,7 +289,21 @@ def _drive(
                 writer.close()
             except BrokenPipeError:
                 pass
+            except ResultFileError as exc:
+                lost = lost or exc
     print_summary(totals, time.monotonic() - start)
+    if lost is not None:
+        ledger = getattr(enricher, "ledger", None)
+        if ledger is not None:
+            lost.kept = (
+                f"the {totals.done - totals.failed:,} results of this run are kept in the ledger "
+                f"({ledger.location}), paid for once: `enrich report` summarises them, and the "
+                "same command with another --output writes them again with no LLM call, then "
+                "goes on with the rest"
+            )
+        else:
+            lost.kept = "the ledger is off: only what was written to ChatDash keeps the results"
+        raise lost
     if totals.failed > shown:
         err(f"enrich: ... and {totals.failed - shown} more failures (see --output)")
     if interrupted:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._common import console, err, print_pairs, spend_rows
+from ..errors import redact
+from ._common import State, cell, console, err, print_pairs, spend_rows
 
 
 class Progress:
@@ -61,6 +62,14 @@ class Progress:
                 left = (self.total - t.done) * elapsed / t.done
                 eta = f", ETA {left:.0f}s"
             err(f"enrich: {t.done}{share} done{eta}; {self._info(t, elapsed)}")
+
+    def say(self, text: str) -> None:
+        """A line on stderr: with the bar drawn, on a line of its own above it (never glued to
+        the bar, nor to the ``^C`` the terminal echoed)."""
+        if self.bar is not None and self.bar.live.is_started:
+            self.bar.console.print(cell(redact(text, State.secrets)), soft_wrap=True)
+        else:
+            err(text)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,5 +1,5 @@
 """Commands that show what enrich would do, and call nothing: ``render``, ``schema``,
-``config``, ``formats`` and ``templates list|show``.
+``config``, ``formats``, ``presets`` and ``templates list|show|copy``.
 
 Each but ``formats`` takes ``--agent-id``: it shows that agent's profile (the configuration's
 ``analysis`` with the agent's overrides from ``agents``), as ``run`` and ``batch`` use it."""
@@ -7,6 +7,7 @@ Each but ``formats`` takes ``--agent-id``: it shows that agent's profile (the co
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,13 +20,17 @@ from ._common import (
     ProfileOpt,
     TranscriptOpt,
     VerboseOpt,
+    err,
     guard,
     load_config,
     out,
     read_transcript,
+    say,
 )
 
-templates_app = typer.Typer(help="List and show the prompt templates in use.", no_args_is_help=True)
+templates_app = typer.Typer(
+    help="List, show and copy the prompt templates in use.", no_args_is_help=True
+)
 
 
 def render(
@@ -47,9 +52,9 @@ def render(
         if as_json:
             out(json.dumps(messages, ensure_ascii=False, indent=2))
         else:
-            for m in messages:
-                out(f"--- {m['role']} ---")
-                out(m["content"])
+            for m in messages:  # the transcript's text, shown without its control sequences
+                say(f"--- {m['role']} ---")
+                say(m["content"])
 
 
 def schema(
@@ -77,8 +82,12 @@ def show_config(
 
         cfg = load_config(config)
         data = cfg.redacted()
+        if cfg.ledger.enabled and cfg.ledger.path is None:  # the path in use, not `null`
+            from ..ledger import default_ledger_path
+
+            data["ledger"]["path"] = str(default_ledger_path())
         if agent_id is not None:
-            data = cfg.for_agent(agent_id).redacted()
+            data = {**cfg.for_agent(agent_id).redacted(), "ledger": data["ledger"]}
             del data["agents"]  # merged into `analysis`
             how = "its overrides merged" if cfg.agents.get(agent_id) else "no overrides: defaults"
             out(f"# agent {agent_id}: analysis with {how}")
@@ -136,3 +145,47 @@ def templates_show(
 
         cfg = load_config(config).for_agent(agent_id)
         out(Prompts(cfg.analysis.prompts_dir).source(name).rstrip())
+
+
+@templates_app.command("copy")
+def templates_copy(
+    folder: Annotated[
+        Path, typer.Argument(help="The folder to copy them into (made if it does not exist).")
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite templates already in the folder.")
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Copy the packaged templates into a folder, to edit them there; then point
+    analysis.prompts_dir (or ENRICH_PROMPTS_DIR) at it. Nothing is overwritten without --force."""
+    with guard(verbose):
+        from ..errors import ConfigError
+        from ..prompts import TEMPLATE_NAMES, packaged_prompts_dir
+
+        source = packaged_prompts_dir()
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder}: not a folder")
+        there = [name for name in TEMPLATE_NAMES if (folder / name).exists()]
+        if there and not force:
+            raise ConfigError(
+                f"{folder}: already has {', '.join(there)}: nothing copied "
+                "(--force overwrites them)"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in TEMPLATE_NAMES:
+                (folder / name).write_text(
+                    (source / name).read_text(encoding="utf-8"), encoding="utf-8"
+                )
+        except OSError as exc:
+            raise ConfigError(
+                f"{folder}: cannot copy the templates: {exc.strerror or exc}"
+            ) from None
+        for name in TEMPLATE_NAMES:
+            say(str(folder / name))
+        err(
+            f"enrich: copied {len(TEMPLATE_NAMES)} templates into {folder}; to use them, set "
+            f"analysis.prompts_dir: {folder} (or ENRICH_PROMPTS_DIR={folder}). A template you "
+            "delete falls back to the packaged one."
+        )

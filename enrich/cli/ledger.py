@@ -13,13 +13,23 @@ from ._common import (
     ConfigOpt,
     JsonOpt,
     VerboseOpt,
+    cell,
     console,
     err,
     guard,
     load_config,
     open_ledger,
     out,
+    say,
 )
+
+
+def _cost(value: float | None) -> float | None:
+    """A cost as shown, to 1e-8 USD (the ledger keeps it as computed)."""
+    from ..resultfiles import round_cost
+
+    return round_cost(value)
+
 
 ledger_app = typer.Typer(help="The ledger of enriched conversations.", no_args_is_help=True)
 
@@ -80,29 +90,29 @@ def show(
         found = []
         for entry in entries:
             history = ledger.history(entry.agent_id, entry.conversation_id)
-            found.append(
-                {**entry.model_dump(mode="json"), "history": [h.model_dump() for h in history]}
-            )
+            item = {**entry.model_dump(mode="json"), "history": [h.model_dump() for h in history]}
+            item["cost"] = _cost(item.get("cost"))
+            found.append(item)
         if as_json:
             out(json.dumps(found if len(found) > 1 else found[0], ensure_ascii=False))
             return
         for item in found:
-            out(f"conversation {item['conversation_id']} of agent {item['agent_id']}")
-            out(f"  state: {item['state']} (attempts: {item['attempts']})")
+            say(f"conversation {item['conversation_id']} of agent {item['agent_id']}")
+            say(f"  state: {item['state']} (attempts: {item['attempts']})")
             if item["last_error"]:
-                out(f"  last error: {item['last_error']}")
-            out(f"  model: {item['model']}")
+                say(f"  last error: {item['last_error']}")
+            say(f"  model: {item['model']}")
             u = item["usage"]
             cost = f", ${item['cost']:.6f}" if item["cost"] is not None else ""
-            out(
+            say(
                 f"  tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion "
                 f"({u['cached_tokens']} cached) in {u['requests']} request(s){cost}"
             )
-            out(f"  body: {json.dumps(item['body'], ensure_ascii=False)}")
-            out("  history:")
+            say(f"  body: {json.dumps(item['body'], ensure_ascii=False)}")
+            say("  history:")
             for h in item["history"]:
                 detail = f" {json.dumps(h['detail'], ensure_ascii=False)}" if h["detail"] else ""
-                out(f"    {h['at']}  {h['event']}{detail}")
+                say(f"    {h['at']}  {h['event']}{detail}")
 
 
 @ledger_app.command("stats")
@@ -114,11 +124,12 @@ def ledger_stats(
         ledger = open_ledger(load_config(config))
         rows = ledger.stats()
         if as_json:
-            out(json.dumps({"ledger": ledger.location, "states": rows}))
+            states = [{**r, "cost": _cost(r["cost"])} for r in rows]
+            out(json.dumps({"ledger": ledger.location, "states": states}))
             return
         from rich.table import Table
 
-        table = Table(title=f"ledger {ledger.location}")
+        table = Table(title=cell(f"ledger {ledger.location}"))
         for name in (
             "state",
             "conversations",
@@ -139,7 +150,7 @@ def ledger_stats(
                 r["cached_tokens"],
                 r["completion_tokens"],
             ]
-            table.add_row(r["state"], *[f"{v:,}" for v in values], cost)
+            table.add_row(cell(r["state"]), *[f"{v:,}" for v in values], cost)
             totals = [t + (v or 0) for t, v in zip(totals, [*values, r["cost"]], strict=True)]
         table.add_row("total", *[f"{v:,}" for v in totals[:5]], f"{totals[5]:.4f}", style="bold")
         console(width=120).print(table)

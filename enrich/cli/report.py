@@ -12,6 +12,7 @@ from ._common import (
     ConfigOpt,
     JsonOpt,
     VerboseOpt,
+    cell,
     console,
     guard,
     load_config,
@@ -55,32 +56,41 @@ def report(
             out(rep.model_dump_json())
             return
         from rich.table import Table
+        from rich.text import Text
 
+        # Every name, topic, query and value below came from the model or a user: shown as text
+        # (cell), never read as markup nor let drive the terminal.
         screen = console(width=110)
         rate = "-" if rep.success_rate is None else f"{rep.success_rate:.1%}"
         screen.print(
-            f"[bold]{source}[/]: {rep.conversations:,} conversations, {rep.enriched:,} enriched, "
-            f"{rep.skipped:,} skipped (nothing to analyse), {rep.failed:,} failed; "
-            f"success rate {rate}"
+            Text.assemble(
+                (cell(source).plain, "bold"),
+                f": {rep.conversations:,} conversations, {rep.enriched:,} enriched, "
+                f"{rep.skipped:,} skipped (nothing to analyse), {rep.failed:,} failed; "
+                f"success rate {rate}",
+            )
         )
         t = Table(title="topics")
         for c in ("topic", "subtopic", "conversations", "share"):
             t.add_column(c, justify="right" if c in ("conversations", "share") else "left")
         for topic, subtopic, n in rep.subtopics:
-            t.add_row(topic, subtopic, f"{n:,}", f"{n / max(rep.enriched, 1):.1%}")
+            t.add_row(cell(topic), cell(subtopic), f"{n:,}", f"{n / max(rep.enriched, 1):.1%}")
         screen.print(t)
-        q = Table(title="most common misunderstood queries")
-        q.add_column("query")
-        q.add_column("times", justify="right")
-        for text, n in rep.misunderstood:
-            q.add_row(text, f"{n:,}")
-        screen.print(q)
+        if rep.misunderstood:
+            q = Table(title="most common misunderstood queries")
+            q.add_column("query")
+            q.add_column("times", justify="right")
+            for text, n in rep.misunderstood:
+                q.add_row(cell(text), f"{n:,}")
+            screen.print(q)
+        else:
+            screen.print(Text("most common misunderstood queries: none"))
         if rep.criteria:
             v = Table(title="success criteria")
             for c in ("criterion", "success", "failure", "unknown"):
                 v.add_column(c, justify="left" if c == "criterion" else "right")
             for c in rep.criteria:
-                v.add_row(c.name, f"{c.success:,}", f"{c.failure:,}", f"{c.unknown:,}")
+                v.add_row(cell(c.name), f"{c.success:,}", f"{c.failure:,}", f"{c.unknown:,}")
             screen.print(v)
         if rep.fields:
             f = Table(title="your fields")
@@ -91,6 +101,6 @@ def report(
                     values = f"mean {field.mean:,.4g}, median {field.median:,.4g}"
                 else:
                     values = ", ".join(f"{value}: {n:,}" for value, n in field.counts)
-                f.add_row(field.name, field.type, f"{field.answered:,}", values)
+                f.add_row(cell(field.name), field.type, f"{field.answered:,}", cell(values))
             screen.print(f)
         print_pairs("tokens and cost", spend_rows(rep), width=110)

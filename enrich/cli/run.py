@@ -23,6 +23,7 @@ from ._common import (
     log,
     out,
     read_transcript,
+    say,
 )
 
 
@@ -146,10 +147,13 @@ def _report_skipped(result: Any, *, dry_run: bool, as_json: bool) -> None:
     """A conversation with nothing to analyse: one line on stderr says why, and what was (or
     would be) written; stdout carries ``--json``'s object, or with ``--dry-run`` the body that
     would be written (nothing, when nothing would be)."""
+    from ..resultfiles import rounded_costs
+
     body = result.update
     what = "noAnswer: true and the call's metadata" if body.get("noAnswer") else "its metadata"
     if as_json:
-        out(json.dumps({"ok": True, **result.model_dump(mode="json")}, ensure_ascii=False))
+        data = rounded_costs(result.model_dump(mode="json"))
+        out(json.dumps({"ok": True, **data}, ensure_ascii=False))
     elif dry_run and body:
         out(json.dumps(body, ensure_ascii=False, indent=2))
     if dry_run:
@@ -180,21 +184,26 @@ def _report(result: Any, *, dry_run: bool, as_json: bool) -> None:
         else ""
     )
     if as_json:
-        out(json.dumps({"ok": True, **result.model_dump(mode="json")}, ensure_ascii=False))
+        from ..resultfiles import rounded_costs
+
+        data = rounded_costs(result.model_dump(mode="json"))
+        out(json.dumps({"ok": True, **data}, ensure_ascii=False))
     elif dry_run:
         out(json.dumps(result.update, ensure_ascii=False, indent=2))
     else:
+        # the model's words: say() shows them without control sequences
         e = result.enrichment
-        out(f"written: conversation {result.conversation_id} of agent {result.agent_id}")
-        out(f"topic: {e.topic} / {e.subtopic}")
+        done = "already written, nothing sent" if result.already_written else "written"
+        say(f"{done}: conversation {result.conversation_id} of agent {result.agent_id}")
+        say(f"topic: {e.topic} / {e.subtopic}")
         verdict = e.evaluation.verdict or str(e.evaluation.is_success).lower()
-        out(f"success: {verdict}  ({e.evaluation.reason})")
+        say(f"success: {verdict}  ({e.evaluation.reason})")
         for c in e.evaluation.criteria:
-            out(f"  {c.name}: {c.verdict}  ({c.rationale})")
-        out(f"summary: {e.summary}")
-        out(f"misunderstood queries: {len(e.misunderstood_queries)}")
+            say(f"  {c.name}: {c.verdict}  ({c.rationale})")
+        say(f"summary: {e.summary}")
+        say(f"misunderstood queries: {len(e.misunderstood_queries)}")
         for name, value in e.custom.items():
-            out(f"{name}: {json.dumps(value, ensure_ascii=False)}")
+            say(f"{name}: {json.dumps(value, ensure_ascii=False)}")
     for name, why in result.withheld.items():
         err(f"enrich: {name} not written: {why}")
     if result.reused:

@@ -1,0 +1,315 @@
+"""The sections of the configuration (``llm``, ``chatdash``, ``analysis``, ``write``, ``input``,
+``ledger``) and the price table: each a frozen pydantic model with its defaults, checked when
+read. :mod:`enrich.config` assembles them into a :class:`~enrich.config.Config`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from ..errors import validation_errors
+from ..models.fields import Criterion, CustomField, resolve_fields
+from ..models.spec import WRITABLE_FIELDS, Topic
+
+__all__ = [
+    "Section",
+    "LLMSettings",
+    "ChatDashSettings",
+    "AnalysisSettings",
+    "WriteSettings",
+    "InputSettings",
+    "LedgerSettings",
+    "Price",
+    "DEFAULT_PRICING",
+    "DEFAULT_CHATDASH_BASE_URL",
+    "ENV_VARS",
+    "key_problem",
+]
+
+DEFAULT_CHATDASH_BASE_URL = "https://api.chat-dash.com/v1/public"
+
+#: Environment variables and the setting each one fills.
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    "OPENAI_API_KEY": ("llm", "api_key"),
+    "OPENAI_BASE_URL": ("llm", "base_url"),
+    "ENRICH_MODEL": ("llm", "model"),
+    "ENRICH_LLM_MODE": ("llm", "mode"),
+    "CHATDASH_API_KEY": ("chatdash", "api_key"),
+    "CHATDASH_BASE_URL": ("chatdash", "base_url"),
+    "ENRICH_PROMPTS_DIR": ("analysis", "prompts_dir"),
+    "ENRICH_LEDGER": ("ledger", "path"),
+}
+
+LLMMode = Literal["json_schema", "json_object", "tools"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_CONTROL_NAMES = {"\r": "a carriage return (\\r)", "\n": "a line feed (\\n)", "\t": "a tab"}
+
+
+def key_problem(value: str) -> str | None:
+    """What makes ``value`` unusable as an API key in an HTTP header, in words that never show
+    the key: a control character (a ``\\r`` left by a Windows ``.env`` file), a character that is
+    not ASCII, or whitespace around it. ``None`` for a usable key."""
+    for i, char in enumerate(value):
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            what = _CONTROL_NAMES.get(char, f"a control character (U+{ord(char):04X})")
+            where = "at its end" if not value[i:].strip() else f"at position {i + 1}"
+            hint = {"\r": " (a Windows line ending?)", "\n": " (a line ending?)"}.get(char, "")
+            return f"the key contains {what} {where}{hint}: remove it"
+        if ord(char) > 0x7E:
+            return (
+                f"the key contains a character that is not ASCII (U+{ord(char):04X}, at position "
+                f"{i + 1}): an HTTP header cannot carry it; copy the key again"
+            )
+    if value != value.strip():
+        return "the key starts or ends with a space: remove it"
+    return None
+
+
+def _checked_key(v: SecretStr | None) -> SecretStr | None:
+    if v is not None and (problem := key_problem(v.get_secret_value())) is not None:
+        raise ValueError(problem)
+    return v
+
+
+class LLMSettings(Section):
+    """The model and how to reach it (any OpenAI-compatible server)."""
+
+    model: str = "gpt-4o-mini"
+    mode: LLMMode = "json_schema"
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    temperature: float | None = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=2000, ge=16)
+    timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds for one request, its whole answer included (each try)",
+    )
+    max_retries: int = Field(default=2, ge=0, le=10, description="transport retries (429, 5xx)")
+    max_reasks: int = Field(default=2, ge=0, le=10, description="re-asks after invalid output")
+    context_tokens: int = Field(
+        default=128_000, ge=1024, description="the model's context window, in tokens"
+    )
+    tokenizer: str = Field(default="estimate", description="'estimate' or 'tiktoken:ENCODING'")
+    part_concurrency: int = Field(
+        default=4, ge=1, le=64, description="parts of a long call summarised at once"
+    )
+    rpm: float | None = Field(default=None, gt=0, description="requests per minute allowed")
+    tpm: float | None = Field(default=None, gt=0, description="tokens per minute allowed")
+
+    # a rejected key must not show in a pydantic error's input_value either
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return _checked_key(v)
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return v or None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class ChatDashSettings(Section):
+    """Where enrichments are written."""
+
+    api_key: SecretStr | None = None
+    base_url: str = DEFAULT_CHATDASH_BASE_URL
+    timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds for one request, its whole answer included (each try)",
+    )
+    max_attempts: int = Field(default=4, ge=1, le=20, description="tries of one request")
+    max_total_seconds: float = Field(
+        default=120.0, gt=0, description="no retry starts after this long on one request"
+    )
+    backoff: float = Field(default=0.5, ge=0, description="first retry delay in seconds")
+    max_backoff: float = Field(default=30.0, ge=0, description="longest single wait")
+    max_connections: int = Field(
+        default=16, ge=1, le=256, description="requests to ChatDash at once (each is quick)"
+    )
+
+    # a rejected key must not show in a pydantic error's input_value either
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return _checked_key(v)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class AnalysisSettings(Section):
+    """What the prompts know about the business."""
+
+    language: str = "English"
+    business_context: str = ""
+    success_criteria: list[str | Criterion] = Field(
+        default_factory=lambda: [
+            "The user's request was resolved, or correctly routed to someone who can resolve it.",
+            "The agent gave correct information and did not invent facts.",
+            "The user did not leave frustrated or without an answer.",
+        ],
+        description="plain sentences, or {name, description}: a named criterion gets its own "
+        "verdict (success, failure, unknown) and rationale",
+    )
+    taxonomy: list[Topic] = Field(default_factory=list)
+    fields: list[CustomField] = Field(
+        default_factory=list,
+        description="your own typed fields: {name, type, description, values?, required?, schema?}",
+    )
+    presets: list[str] = Field(
+        default_factory=list, description="packaged fields switched on by name (enrich presets)"
+    )
+    prompts_dir: Path | None = None
+    min_user_turns: int = Field(
+        default=1,
+        ge=0,
+        description="a transcript with fewer user turns is skipped (voicemail, no answer, a "
+        "caller who hung up before speaking): no LLM call, nothing paid",
+    )
+
+    @field_validator("success_criteria", mode="before")
+    @classmethod
+    def _one_string_is_a_list(cls, v: Any) -> Any:
+        v = [v] if isinstance(v, str) else v
+        if not isinstance(v, list):
+            return v
+        out = []
+        for i, item in enumerate(v):  # a mapping is a named criterion: say what is wrong with it
+            if isinstance(item, Mapping):
+                try:
+                    item = Criterion.model_validate(item)
+                except ValidationError as exc:
+                    raise ValueError(f"item {i}: {validation_errors(exc)[0]}") from None
+            out.append(item)
+        return out
+
+    @field_validator("taxonomy")
+    @classmethod
+    def _unique_topics(cls, v: list[Topic]) -> list[Topic]:
+        names = [t.name for t in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"topic listed twice: {', '.join(dupes)}")
+        return v
+
+    @field_validator("success_criteria")
+    @classmethod
+    def _unique_criteria(cls, v: list[str | Criterion]) -> list[str | Criterion]:
+        names = [c.name for c in v if isinstance(c, Criterion)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"criterion listed twice: {', '.join(dupes)}")
+        return v
+
+    @field_validator("presets")
+    @classmethod
+    def _known_presets(cls, v: list[str]) -> list[str]:
+        resolve_fields(v, ())  # an unknown preset names the known ones
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _unique_fields(cls, v: list[CustomField]) -> list[CustomField]:
+        resolve_fields((), v)  # a field listed twice
+        return v
+
+    def resolved_fields(self) -> tuple[CustomField, ...]:
+        """The presets switched on, then the fields (one of the same name overrides a preset)."""
+        return resolve_fields(self.presets, self.fields)
+
+
+class WriteSettings(Section):
+    """Which enriched fields are written to ChatDash (their wire names)."""
+
+    fields: list[
+        Literal[
+            "summary", "topic", "subtopic", "evaluation", "mistunderstoodQueries", "customAnalysis"
+        ]
+    ] = Field(default_factory=lambda: list(WRITABLE_FIELDS), min_length=1)
+    unknown_evaluation: Literal["skip", "false"] = Field(
+        default="skip",
+        description="an overall unknown verdict (named criteria): skip leaves evaluation "
+        "unwritten; false writes isSuccess false",
+    )
+    criteria_key: str = Field(
+        default="criteria",
+        min_length=1,
+        description="the key of customAnalysis under which the named criteria's verdicts go",
+    )
+    metadata: bool = Field(
+        default=False,
+        description="also write the call's platform metadata (platformId, phone, phoneSecondary, "
+        "duration, endedReason, url) when the transcript's payload has it",
+    )
+
+
+class InputSettings(Section):
+    max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+
+
+class LedgerSettings(Section):
+    """Where results are kept (see :mod:`enrich.ledger`)."""
+
+    enabled: bool = True
+    path: Path | None = Field(default=None, description="default: the user's data directory")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return v or None
+
+
+class Price(Section):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="default: input")
+    output: float = Field(ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        cached = self.input if self.cached_input is None else self.cached_input
+        fresh = max(0, prompt_tokens - cached_tokens)
+        return (fresh * self.input + cached_tokens * cached + completion_tokens * self.output) / 1e6
+
+
+#: OpenAI's list prices (USD per million tokens) as published in 2025; set `pricing` in the
+#: configuration for your own models, discounts or newer prices.
+DEFAULT_PRICING: dict[str, dict[str, float]] = {
+    "gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.60},
+    "gpt-4o": {"input": 2.50, "cached_input": 1.25, "output": 10.00},
+    "gpt-4.1": {"input": 2.00, "cached_input": 0.50, "output": 8.00},
+    "gpt-4.1-mini": {"input": 0.40, "cached_input": 0.10, "output": 1.60},
+    "gpt-4.1-nano": {"input": 0.10, "cached_input": 0.025, "output": 0.40},
+}
