@@ -501,10 +501,14 @@ def test_a_huge_llm_answer_is_refused_and_never_written(hostile, fake_llm, fake_
 
 
 def test_the_answer_limit_follows_max_tokens(hostile, fake_llm):
-    server = hostile(_sent_whole)  # 3 MB: over 1 MiB, under 16,000 tokens' 4 MB
+    # a 3 MB response (over 1 MiB, under 16,000 tokens' 4 MB) whose answer is valid: its fields
+    # stay within their own bounds (enrich.models.enrichment), the rest is JSON white space
+    padded = json.dumps(completion(json.dumps(answer()) + " " * 3_000_000)).encode()
+    server = hostile(lambda h, body: reply(h, 200, padded))
     config = make_config(fake_llm, llm={"base_url": server.url + "/v1", "max_tokens": 16000})
     with Enricher(config) as e:
-        assert len(e.enrich(TRANSCRIPT).enrichment.summary) == 3_000_000
+        assert e.enrich(TRANSCRIPT).enrichment.summary == answer()["summary"]
+    assert len(padded) > 3_000_000
 
 
 def test_a_small_gzipped_answer_is_read(hostile, fake_llm):

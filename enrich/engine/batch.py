@@ -14,6 +14,7 @@ loop is already running): iterate it for results, call :meth:`BatchRun.stop` to 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -197,6 +198,13 @@ class BatchRun:
             return value
 
 
+#: A window of a backfill is split in halves at most this many times: at most
+#: ``2 ** (MAX_SPLITS + 1) - 1`` list requests per window, whatever the server answers.
+MAX_SPLITS = 8
+
+log = logging.getLogger("enrich.backfill")
+
+
 async def backfill_items(
     enricher: EnricherCore,
     agent_id: str,
@@ -210,36 +218,57 @@ async def backfill_items(
     """Every conversation of ``agent_id`` between ``start`` and ``end``, listed window by window.
 
     No pagination is documented, so a window that returns ``split_at`` or more conversations
-    (it may have been cut short) is listed again in halves, down to ``min_window``
-    (default one minute). Each conversation is yielded once.
+    (it may have been cut short) is listed again in halves, down to ``min_window`` (default one
+    minute) and at most :data:`MAX_SPLITS` times (a bound on list requests, even from a server
+    whose list is always full). A window still full at the bottom is taken as it is, with a
+    warning naming it (it may be incomplete). Each conversation is yielded once.
     """
     from datetime import timedelta
 
     min_window = min_window or timedelta(minutes=1)
     seen: set[str] = set()
+    full: list[tuple[Any, Any]] = []  # windows still full where splitting stopped
 
-    async def listing(lo: Any, hi: Any) -> AsyncIterator[dict[str, Any]]:
+    async def listing(lo: Any, hi: Any, depth: int) -> AsyncIterator[dict[str, Any]]:
         items = await enricher.chatdash.list_conversations(
             agent_id, start=lo.isoformat(), end=hi.isoformat()
         )
-        if len(items) >= split_at and hi - lo > min_window:
-            mid = lo + (hi - lo) / 2
-            async for c in listing(lo, mid):
-                yield c
-            async for c in listing(mid, hi):
-                yield c
-            return
+        if len(items) >= split_at:
+            if hi - lo > min_window and depth < MAX_SPLITS:
+                mid = lo + (hi - lo) / 2
+                async for c in listing(lo, mid, depth + 1):
+                    yield c
+                async for c in listing(mid, hi, depth + 1):
+                    yield c
+                return
+            full.append((lo, hi))
         for c in items:
             yield c
 
     lo = start
     while lo < end:
         hi = min(end, lo + window)
-        async for conversation in listing(lo, hi):
+        async for conversation in listing(lo, hi, 0):
             cid = conversation.get("_id")
             if isinstance(cid, str) and cid and cid not in seen:
                 seen.add(cid)
                 yield BatchItem(agent_id=agent_id, conversation_id=cid)
+        if full:
+            smallest = min(b - a for a, b in full)
+            log.warning(
+                "backfill: %d window(s) between %s and %s still listed %d or more "
+                "conversations (--split-at) when split down to %s: the list may be incomplete "
+                "there (first: %s to %s); a smaller --window-hours or a larger --split-at "
+                "may list them all",
+                len(full),
+                lo.isoformat(),
+                hi.isoformat(),
+                split_at,
+                smallest,
+                full[0][0].isoformat(),
+                full[0][1].isoformat(),
+            )
+            full.clear()
         lo = hi
 
 

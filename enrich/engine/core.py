@@ -20,14 +20,14 @@ from typing import Any, Literal, Self
 from ..chatdash import ChatDash, conversation_path
 from ..config import Config, load_config
 from ..errors import ChatDashError, ConfigError
-from ..formats import parse_transcript
 from ..ledger import LedgerBackend, LedgerEntry, State, default_ledger_path, open_ledger
 from ..llm import LLMResult, RateLimiter, StructuredLLM, get_counter
-from ..models.enrichment import AnswerBase, Enrichment, ground_queries
+from ..models.enrichment import AnswerBase, Enrichment
 from ..models.fingerprint import FINGERPRINT_VERSION, Fingerprint
 from ..models.results import CostEstimate, EnrichmentResult, ReplayReport
 from ..models.transcript import Transcript
 from ..models.usage import Usage
+from .bounds import aground, parse_bounded
 from .longcall import PART_SCHEMA, map_reduce, plan
 from .profile import Profile, Profiles
 from .skip import sent_before, skip_reason, skipped_estimate, skipped_result
@@ -122,8 +122,9 @@ class EnricherCore:
     def parse(
         self, transcript: TranscriptInput, *, format: str | None = None, source: str = "<input>"
     ) -> Transcript:
-        """Any supported transcript, parsed; ``source`` names it in error messages."""
-        return parse_transcript(
+        """Any supported transcript, parsed; ``source`` names it in error messages. Over
+        ``input.max_bytes`` (a parsed value measured as JSON), a TranscriptError."""
+        return parse_bounded(
             transcript, format=format, source=source, max_bytes=self.config.input.max_bytes
         )
 
@@ -255,7 +256,7 @@ class EnricherCore:
         ``state``) before anything else can go wrong."""
         profile = self.profile(agent_id)
         enrichment = profile.spec.enrichment(answer.value)
-        kept, dropped = ground_queries(
+        kept, dropped = await aground(
             enrichment.misunderstood_queries, [t.text for t in parsed.user_turns]
         )
         enrichment = enrichment.model_copy(update={"misunderstood_queries": kept})
@@ -381,7 +382,7 @@ class EnricherCore:
         """The conversation's transcript, from ChatDash's messages."""
         messages = await self.chatdash.get_messages(agent_id, conversation_id)
         source = f"messages of conversation {conversation_id}"
-        return parse_transcript(
+        return parse_bounded(
             messages, format="chatdash", source=source, max_bytes=self.config.input.max_bytes
         )
 

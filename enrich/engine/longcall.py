@@ -119,7 +119,8 @@ def plan(transcript: Transcript, profile: Profile) -> Plan:
 
 def _pack(turns: list[Turn], limit: int, b: _Budget) -> list[list[Turn]]:
     """Consecutive turns in parts of at most ``limit`` tokens. A turn that does not fit is cut
-    between words: its first piece fills the current part, the rest start new ones."""
+    between words (a word too long for half a part, a turn with no spaces, is cut between
+    characters): its first piece fills the current part, the rest start new ones."""
     parts: list[list[Turn]] = [[]]
     used = 0
     for turn in turns:
@@ -132,21 +133,43 @@ def _pack(turns: list[Turn], limit: int, b: _Budget) -> list[list[Turn]]:
             parts.append([turn])
             used = cost
             continue
-        words = turn.text.split()
         label_cost = b.turn_cost(turn.model_copy(update={"text": ""}))
+        full = limit - label_cost
+        pieces = [p for word in turn.text.split() for p in _cut(word, full // 2, b)]
         i = 0
-        while i < len(words):
+        while i < len(pieces):
             room = limit - used - label_cost
-            if room < 32:
+            if room < 32 or pieces[i][2] > room:
                 parts.append([])
-                used, room = 0, limit - label_cost
+                used, room = 0, full
             start, taken = i, 0
-            while i < len(words) and (i == start or taken + b.count(words[i]) + 1 <= room):
-                taken += b.count(words[i]) + 1
+            while i < len(pieces) and (i == start or taken + pieces[i][2] <= room):
+                taken += pieces[i][2]
                 i += 1
-            parts[-1].append(turn.model_copy(update={"text": " ".join(words[start:i])}))
+            text = "".join(
+                (sep if k > start else "") + piece
+                for k, (sep, piece, _) in enumerate(pieces[start:i], start)
+            )
+            parts[-1].append(turn.model_copy(update={"text": text}))
             used += taken + label_cost
     return [p for p in parts if p]
+
+
+def _cut(word: str, most: int, b: _Budget) -> list[tuple[str, str, int]]:
+    """``word`` as ``(separator before it, piece, cost)`` pieces of at most ``most`` tokens: the
+    word itself when it fits, else consecutive runs of its characters (joined again with no
+    separator)."""
+    if len(word) <= most and (cost := b.count(word) + 1) <= most:
+        return [(" ", word, cost)]
+    pieces: list[tuple[str, str, int]] = []
+    at = 0
+    while at < len(word):
+        size = max(1, most)
+        while (cost := b.count(word[at : at + size]) + 1) > most and size > 1:
+            size //= 2
+        pieces.append((" " if at == 0 else "", word[at : at + size], cost))
+        at += size
+    return pieces
 
 
 class _Spend:

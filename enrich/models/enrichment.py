@@ -22,8 +22,9 @@ import copy
 import difflib
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -39,6 +40,15 @@ __all__ = [
     "PartNotes",
     "ground_queries",
     "MAX_QUERIES",
+    "MAX_SUMMARY",
+    "MAX_REASON",
+    "MAX_NAME",
+    "MAX_QUERY",
+    "MAX_TEXT",
+    "MAX_ITEM",
+    "MAX_ITEMS",
+    "MAX_JSON",
+    "AnswerQuery",
     "GROUNDING_THRESHOLD",
 ]
 
@@ -50,6 +60,19 @@ class _Strict(BaseModel):
 #: At most this many misunderstood queries (and part requests): a bound on the answer's length
 #: that also stops a weak model from repeating itself until it runs out of tokens.
 MAX_QUERIES = 10
+
+#: The longest text the model may give for each field of an answer (characters). A longer one
+#: is invalid, so it is re-asked with the error: a hostile or runaway server cannot make a huge
+#: value stored, printed or written. Enforced in validation only: OpenAI's strict mode does not
+#: take ``maxLength`` (nor ``minLength``), so the schema sent leaves them out.
+MAX_SUMMARY = 4000
+MAX_REASON = 2000  # the evaluation's reason, a criterion's rationale, a part's outcome
+MAX_NAME = 200  # topic and subtopic
+MAX_QUERY = 1000  # a misunderstood query, a user request of a part's notes
+MAX_TEXT = 4000  # a custom text field
+MAX_ITEM = 500  # an item of a custom list field
+MAX_ITEMS = 100  # items of a custom list field
+MAX_JSON = 20_000  # a custom json field's value, as compact JSON
 
 
 #: A verdict on the whole conversation or on one criterion. ``unknown``: the conversation is too
@@ -88,7 +111,7 @@ class Evaluation(_Strict):
 class AnswerEvaluation(_Strict):
     """The evaluation the model returns with plain-text success criteria."""
 
-    reason: str = Field(min_length=1)
+    reason: str = Field(min_length=1, max_length=MAX_REASON)
     is_success: bool
 
 
@@ -98,6 +121,12 @@ class MisunderstoodQuery(_Strict):
         description="The user's own words, quoted from a user turn, that the agent misunderstood "
         "or failed to answer.",
     )
+
+
+class AnswerQuery(MisunderstoodQuery):
+    """A misunderstood query as the model gives it: at most :data:`MAX_QUERY` characters."""
+
+    question: str = Field(min_length=1, max_length=MAX_QUERY)
 
 
 class _InTaxonomy(BaseModel):
@@ -147,26 +176,29 @@ class Enrichment(_InTaxonomy, _Strict):
 class AnswerBase(_InTaxonomy, _Strict):
     """What every answer of the model holds; the spec adds the evaluation and its own fields."""
 
-    summary: str = Field(min_length=1)
-    topic: str = Field(min_length=1)
-    subtopic: str = Field(min_length=1)
-    misunderstood_queries: list[MisunderstoodQuery] = Field(max_length=MAX_QUERIES)
+    summary: str = Field(min_length=1, max_length=MAX_SUMMARY)
+    topic: str = Field(min_length=1, max_length=MAX_NAME)
+    subtopic: str = Field(min_length=1, max_length=MAX_NAME)
+    misunderstood_queries: list[AnswerQuery] = Field(max_length=MAX_QUERIES)
 
 
 class PartNotes(_Strict):
     """Notes on one part of a conversation too long for one call (the map step)."""
 
-    summary: str = Field(min_length=1, description="What happened in this part, factually.")
-    user_requests: list[str] = Field(
+    summary: str = Field(
+        min_length=1, max_length=MAX_SUMMARY, description="What happened in this part, factually."
+    )
+    user_requests: list[Annotated[str, Field(max_length=MAX_QUERY)]] = Field(
         max_length=MAX_QUERIES, description="What the user asked for in this part."
     )
-    misunderstood_queries: list[MisunderstoodQuery] = Field(
+    misunderstood_queries: list[AnswerQuery] = Field(
         max_length=MAX_QUERIES,
         description="User queries in this part that the agent misunderstood or did not answer; "
         "quoted from user turns; empty if none.",
     )
     outcome: str = Field(
         min_length=1,
+        max_length=MAX_REASON,
         description="Where things stood at the end of this part: resolved, "
         "pending, escalated, abandoned...",
     )
@@ -180,8 +212,8 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
             return _inline(copy.deepcopy(defs[node["$ref"].split("/")[-1]]), defs)
         out: dict[str, Any] = {}
         for key, value in node.items():
-            if key in ("title", "$defs", "description", "minLength"):
-                continue  # minLength: not in strict mode; validation enforces it
+            if key in ("title", "$defs", "description", "minLength", "maxLength"):
+                continue  # minLength, maxLength: not in strict mode; validation enforces them
             if key == "properties" and isinstance(value, dict):
                 out[key] = {name: _inline(v, defs) for name, v in value.items()}
             else:
@@ -224,7 +256,23 @@ def _words(text: str) -> list[str]:
     return words
 
 
-def _grounded(query: list[str], turn: list[str]) -> bool:
+def _index(turn: list[str]) -> dict[str, list[int]]:
+    """Where each word of a turn is, in order."""
+    index: dict[str, list[int]] = {}
+    for i, w in enumerate(turn):
+        index.setdefault(w, []).append(i)
+    return index
+
+
+def _grounded(query: list[str], turn: list[str], index: dict[str, list[int]]) -> bool:
+    """Whether some stretch of ``turn`` (of the query's length, or one word more or less) is
+    :data:`GROUNDING_THRESHOLD` similar to ``query``.
+
+    Only the stretches that hold one of the query's words can match, and only those whose
+    multiset of words shares enough with the query's (difflib's ``quick_ratio``, an upper bound
+    of ``ratio``) are compared word by word: near-linear in the turn's length, with the results
+    of comparing every stretch.
+    """
     if not query or not turn:
         return False
     n = len(query)
@@ -233,14 +281,21 @@ def _grounded(query: list[str], turn: list[str]) -> bool:
             difflib.SequenceMatcher(None, query, turn, autojunk=False).ratio()
             >= GROUNDING_THRESHOLD
         )
+    need = Counter(query)
+    positions = sorted(p for w in need for p in index.get(w, ()))
     for size in {n, n + 1, max(1, n - 1)}:
-        for start in range(0, len(turn) - size + 1):
-            window = turn[start : start + size]
-            matcher = difflib.SequenceMatcher(None, query, window, autojunk=False)
-            if matcher.real_quick_ratio() < GROUNDING_THRESHOLD:
-                continue
-            if matcher.ratio() >= GROUNDING_THRESHOLD:
-                return True
+        last = len(turn) - size
+        following = 0  # the first start not tried yet
+        for p in positions:
+            for start in range(max(following, p - size + 1), min(p, last) + 1):
+                window = turn[start : start + size]
+                shared = sum((Counter(window) & need).values())
+                if 2.0 * shared / (n + size) < GROUNDING_THRESHOLD:
+                    continue  # as difflib's quick_ratio: ratio cannot reach the threshold
+                matcher = difflib.SequenceMatcher(None, query, window, autojunk=False)
+                if matcher.ratio() >= GROUNDING_THRESHOLD:
+                    return True
+            following = max(following, min(p, last) + 1)
     return False
 
 
@@ -251,14 +306,15 @@ def ground_queries(
 
     Matching ignores case, punctuation and plural or tense endings, and tolerates small wording
     changes: a query passes when some stretch of one user turn is at least
-    :data:`GROUNDING_THRESHOLD` similar, word by word.
+    :data:`GROUNDING_THRESHOLD` similar, word by word. Near-linear in the user's words (an
+    index of each turn's words picks the stretches worth comparing).
     """
-    turns = [_words(t) for t in user_texts]
+    turns = [(words, _index(words)) for words in map(_words, user_texts)]
     kept: list[MisunderstoodQuery] = []
     dropped: list[str] = []
     for q in queries:
         words = _words(q.question)
-        if any(_grounded(words, t) for t in turns):
+        if any(_grounded(words, t, index) for t, index in turns):
             kept.append(q)
         else:
             dropped.append(q.question)

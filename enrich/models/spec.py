@@ -19,6 +19,16 @@ from it, here and nowhere else:
 
 A new kind of analysis (a custom field, a per-criterion verdict) is added here once and reaches
 every projection.
+
+Every text of an answer is bounded (characters; a longer one is invalid, so it is re-asked with
+the error, and never stored, printed or written): the summary 4,000
+(:data:`~enrich.models.enrichment.MAX_SUMMARY`), the topic and the subtopic 200 each
+(``MAX_NAME``), a misunderstood query 1,000 (``MAX_QUERY``), the evaluation's reason and each
+criterion's rationale 2,000 (``MAX_REASON``), a custom text field 4,000 (``MAX_TEXT``), a custom
+list at most 100 items (``MAX_ITEMS``) of 500 each (``MAX_ITEM``), a custom json value 20,000 as
+compact JSON (``MAX_JSON``); a long call's part notes likewise (summary 4,000, each request
+1,000, outcome 2,000). The bounds are enforced when the answer is validated, not in the schema
+sent: OpenAI's strict mode does not take ``maxLength``.
 """
 
 from __future__ import annotations
@@ -43,11 +53,17 @@ from pydantic import (
 )
 
 from .enrichment import (
+    MAX_ITEM,
+    MAX_ITEMS,
+    MAX_JSON,
+    MAX_REASON,
+    MAX_TEXT,
     AnswerBase,
     AnswerEvaluation,
     CriterionVerdict,
     Enrichment,
     Evaluation,
+    MisunderstoodQuery,
     Verdict,
     strict_schema,
 )
@@ -117,17 +133,23 @@ class _Answer(BaseModel):
 
 
 class _CriterionAnswer(_Answer):
-    rationale: str = Field(min_length=1)
+    rationale: str = Field(min_length=1, max_length=MAX_REASON)
     verdict: Verdict
 
 
 _SCALARS: dict[str, Any] = {
-    "string": StrictStr,
+    "string": Annotated[StrictStr, Field(max_length=MAX_TEXT)],
     "number": StrictFloat,
     "integer": StrictInt,
     "boolean": StrictBool,
-    "list": list[StrictStr],
+    "list": Annotated[
+        list[Annotated[StrictStr, Field(max_length=MAX_ITEM)]], Field(max_length=MAX_ITEMS)
+    ],
 }
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
 
 
 def _value_type(field: CustomField) -> Any:
@@ -138,6 +160,8 @@ def _value_type(field: CustomField) -> Any:
         schema = field.schema_of_value()
 
         def conforms(value: Any) -> Any:
+            if (size := _json_size(value)) > MAX_JSON:
+                raise ValueError(f"{size:,} characters as JSON, over the {MAX_JSON:,} allowed")
             problems = check(value, schema)
             if problems:
                 raise ValueError("; ".join(problems))
@@ -225,7 +249,7 @@ class AnalysisSpec(_Frozen):
                     "EvaluationAnswer",
                     __base__=_Answer,
                     criteria=(criteria, ...),
-                    reason=(str, Field(min_length=1)),
+                    reason=(str, Field(min_length=1, max_length=MAX_REASON)),
                     verdict=(Verdict, ...),
                 ),
                 ...,
@@ -293,7 +317,10 @@ class AnalysisSpec(_Frozen):
             summary=answer.summary,  # type: ignore[attr-defined]
             topic=answer.topic,  # type: ignore[attr-defined]
             subtopic=answer.subtopic,  # type: ignore[attr-defined]
-            misunderstood_queries=answer.misunderstood_queries,  # type: ignore[attr-defined]
+            misunderstood_queries=[
+                MisunderstoodQuery(question=q.question)
+                for q in answer.misunderstood_queries  # type: ignore[attr-defined]
+            ],
             evaluation=evaluation,
             custom=custom,
         )
