@@ -68,6 +68,19 @@ def _no_ledger_in_home(tmp_path_factory):
         os.environ["XDG_DATA_HOME"] = saved
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_config_in_home(tmp_path_factory):
+    """The user's configuration directory (where `enrich.yaml` is looked for when no file is
+    named) is an empty temporary folder in tests."""
+    saved = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = saved
+
+
 @pytest.fixture
 def fake_llm():
     with FakeLLM() as server:

@@ -38,6 +38,8 @@ app = typer.Typer(
     name="enrich",
     help="Turn finished conversations into analytics (summary, topic, verdict, misunderstood "
     "queries) with your own LLM and prompts, and write them back to ChatDash.",
+    epilog="No keys yet? `python -m enrich.testing` starts fake OpenAI and ChatDash servers on "
+    "127.0.0.1 and prints the environment to try every command against them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -150,6 +150,7 @@ class State:
     verbose = False
     json = False
     secrets: list[Any] = []
+    config: Any = None  # the configuration loaded, to price what a failure spent
 
 
 def err(text: str) -> None:
@@ -219,6 +220,12 @@ def _fail(exc: BaseException) -> NoReturn:
         )
     else:
         message = str(exc)
+    if llm is not None and llm.usage is not None and llm.usage.total_tokens:
+        u, cfg = llm.usage, State.config  # an exit 3 says what its attempts spent (paid for)
+        cost = cfg.cost(cfg.llm.model, u) if cfg is not None else None
+        tokens = f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} completion tokens"
+        tokens += "" if cost is None else f", ${cost:.6f}"
+        message += f" (spent {tokens} in {llm.attempts} attempt(s))"
     err(f"enrich: error: {message}")
     if State.verbose:
         import traceback
@@ -253,8 +260,7 @@ def guard(verbose: bool, as_json: bool = False) -> Iterator[None]:
     line on stderr and an exit code."""
     import os
 
-    State.verbose = verbose
-    State.json = as_json
+    State.verbose, State.json, State.config = verbose, as_json, None
     # known before the configuration loads, so even its errors are redacted
     State.secrets = [os.environ.get(v) for v in ("OPENAI_API_KEY", "CHATDASH_API_KEY")]
     try:
@@ -295,7 +301,7 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-c",
-        help="YAML configuration file (default: $ENRICH_CONFIG).",
+        help="YAML file (default: $ENRICH_CONFIG, ./enrich.yaml, the user's enrich/enrich.yaml).",
         show_default=False,
     ),
 ]
@@ -371,6 +377,7 @@ def load_config(
     }
     config = load(path, overrides)
     State.secrets += config.secrets()
+    State.config = config
     return config
 
 

@@ -91,6 +91,7 @@ def show_config(
             del data["agents"]  # merged into `analysis`
             how = "its overrides merged" if cfg.agents.get(agent_id) else "no overrides: defaults"
             out(f"# agent {agent_id}: analysis with {how}")
+        out(f"# read: {cfg.source}" if cfg.source else "# no configuration file: defaults")
         out(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
 
 

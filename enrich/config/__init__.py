@@ -57,6 +57,7 @@ __all__ = [
     "WRITABLE_FIELDS",
     "DEFAULT_CHATDASH_BASE_URL",
     "key_problem",
+    "config_candidates",
 ]
 
 
@@ -261,23 +262,44 @@ def _origin(origins: Any, loc: tuple[Any, ...]) -> str | None:
     return origins if isinstance(origins, str) else None
 
 
+def config_candidates() -> list[Path]:
+    """Where a configuration file is looked for when none is named, in order:
+    ``./enrich.yaml`` (the current directory), then the user's configuration directory
+    (``~/.config/enrich/enrich.yaml`` on Linux, honouring ``XDG_CONFIG_HOME``)."""
+    from platformdirs import user_config_path
+
+    return [
+        Path.cwd() / "enrich.yaml",
+        user_config_path("enrich", appauthor=False) / "enrich.yaml",
+    ]
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    discover: bool = True,
 ) -> Config:
     """Resolve the configuration.
 
     ``overrides`` (the CLI's flags) win over ``environ`` (default ``os.environ``), which wins over
-    the YAML file (``path``, else ``$ENRICH_CONFIG``), which wins over the defaults. ``overrides``
-    is nested like the file: ``{"llm": {"model": "gpt-4.1-mini"}}``.
+    the YAML file, which wins over the defaults. ``overrides`` is nested like the file:
+    ``{"llm": {"model": "gpt-4.1-mini"}}``.
+
+    The file is ``path``, else ``$ENRICH_CONFIG`` (``none`` or ``off``: no file), else, with
+    ``discover``, the first of :func:`config_candidates` that exists: ``./enrich.yaml``, then
+    ``enrich.yaml`` in the user's configuration directory. ``Config.source`` says which.
     """
     env = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
     origins: dict[str, Any] = {}
 
     file_path = path if path is not None else (env.get("ENRICH_CONFIG") or None)
+    if path is None and str(file_path or "").lower() in ("off", "none"):
+        file_path = None  # ENRICH_CONFIG=none: no file, not even one found
+    elif file_path is None and discover:
+        file_path = next((p for p in config_candidates() if p.is_file()), None)
     if file_path is not None:
         file_path = Path(file_path).expanduser()
         data = _read_yaml(file_path)
