@@ -18,6 +18,9 @@ one place; the CLI's exit codes and a batch result's ``stage`` are tables over i
     ├── ChatDashError                exit 4  ChatDash did not take the write (or answer a read)
     │   └── ChatDashLookupError      exit 2  a read refused before anything was paid for:
     │                                        an unknown id (404), a bad key (401/403)...
+    ├── LedgerError                  exit 8  the ledger cannot be read or written: locked by
+    │                                another process after its busy timeout, a full disk, a
+    │                                corrupt page
 
 An :class:`LLMError` carries ``attempts``, the token ``usage`` spent on every attempt, and the raw
 answers, so a result that was paid for is never lost, even when it is unusable. A
@@ -37,7 +40,7 @@ from ._http import is_permanent
 #: The families of errors: ``input`` (bad input, nothing paid), ``config`` (a setting or a
 #: template), ``llm``, ``chatdash`` (a write or a read that is not the input's fault), ``enrich``
 #: (any other :class:`EnrichError`) and ``internal`` (not an :class:`EnrichError`: a bug).
-ErrorClass = Literal["input", "config", "llm", "chatdash", "enrich", "internal"]
+ErrorClass = Literal["input", "config", "llm", "chatdash", "ledger", "enrich", "internal"]
 
 __all__ = [
     "EnrichError",
@@ -53,6 +56,7 @@ __all__ = [
     "LLMProtocolError",
     "ChatDashError",
     "ChatDashLookupError",
+    "LedgerError",
     "redact",
     "error_class",
     "ErrorClass",
@@ -223,6 +227,15 @@ class ChatDashLookupError(ChatDashError, InputError):
     the configuration is wrong, and nothing was paid for. Exit 2, like other bad input."""
 
 
+class LedgerError(EnrichError):
+    """The ledger could not be read or written (locked by another process for longer than its
+    busy timeout, a full disk, a corrupt page). ``location`` names the ledger."""
+
+    def __init__(self, message: str, *, location: str = "") -> None:
+        super().__init__(message)
+        self.location = location
+
+
 def error_class(exc: BaseException) -> ErrorClass:
     """The family of ``exc``: the one classification the CLI's exit codes, batch results'
     stages and the server's statuses are tables over. A :class:`ChatDashLookupError` is
@@ -235,6 +248,8 @@ def error_class(exc: BaseException) -> ErrorClass:
         return "llm"
     if isinstance(exc, ChatDashError):
         return "chatdash"
+    if isinstance(exc, LedgerError):
+        return "ledger"
     if isinstance(exc, EnrichError):
         return "enrich"
     return "internal"

@@ -11,6 +11,8 @@ This module is the one place where errors become exit codes, a table over
 4     the write to ChatDash failed (the paid-for result is printed on stdout)
 5     a batch finished, but some conversations failed (see its output)
 6     the results could not be written to ``--output`` (disk full...): the ledger keeps them
+7     a batch stopped at ``--max-cost``
+8     the ledger cannot be used (locked past its busy timeout, disk full, corrupt)
 130   interrupted (a batch resumes when run again)
 ====  =====================================================================
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,11 @@ import typer
 
 from .._version import __version__
 from ..errors import ConfigError, ErrorClass, InputError, error_class, redact
+from ._text import cell as cell  # re-exported: every command shows text through these
+from ._text import console as console
+from ._text import plain, plain_json
+from ._text import print_pairs as print_pairs
+from ._text import spend_rows as spend_rows
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -49,6 +55,7 @@ EXIT_LLM = 3
 EXIT_WRITE = 4
 EXIT_PARTIAL = 5
 EXIT_OUTPUT = 6
+EXIT_LEDGER = 8
 EXIT_INTERRUPTED = 130
 
 #: The exit code of each family of errors.
@@ -57,6 +64,7 @@ EXIT_CODES: dict[ErrorClass, int] = {
     "config": EXIT_INPUT,
     "llm": EXIT_LLM,
     "chatdash": EXIT_WRITE,
+    "ledger": EXIT_LEDGER,
     "enrich": EXIT_BUG,
     "internal": EXIT_BUG,
 }
@@ -72,76 +80,6 @@ def exit_code_for(exc: BaseException) -> int:
     if files is not None and isinstance(exc, files.ResultFileError):
         return EXIT_OUTPUT
     return EXIT_CODES[error_class(exc)]
-
-
-# -- text from outside, shown safely -------------------------------------------------------------
-
-#: Escape sequences (CSI, OSC, DCS and the other strings, two-byte ones), in their 7-bit and
-#: 8-bit forms; a string left unterminated runs to the end of the line.
-_SEQUENCE = (
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
-    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[ -~]?"
-)
-#: What :func:`plain` removes: escape sequences, every control character but the tab and the
-#: line feed (carriage returns, backspaces and bells rewrite or ring the terminal), and the
-#: bidirectional overrides and isolates (which reorder what is shown).
-_CONTROLS = re.compile(f"{_SEQUENCE}|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-#: What :func:`out` removes: the escape sequences and C0 controls, which JSON never holds raw
-#: (``json.dumps`` writes them as ``\\u001b``), so JSON output is left exact.
-_C0 = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b[\]PX^_][^\x07\x1b\n]*(?:\x07|\x1b\\)?|\x1b[ -~]?"
-    r"|[\x00-\x08\x0b-\x1f]"
-)
-
-
-def plain(text: Any) -> str:
-    """``text`` without anything that drives a terminal: escape sequences, control characters
-    (tab and line feed kept), bidirectional overrides. For every human-readable output; JSON and
-    JSON Lines are left exact."""
-    return _CONTROLS.sub("", str(text))
-
-
-def cell(text: Any) -> Any:
-    """``text`` for a rich table or line: :func:`plain`, and never read as markup (a chat user's
-    ``[/bold]`` is shown as typed)."""
-    from rich.text import Text
-
-    return Text(plain(text))
-
-
-def console(**kwargs: Any) -> Any:
-    """A rich console whose broken pipe (``| head``) ends the command as our own output does."""
-    from rich.console import Console
-
-    class _Quiet(Console):
-        def on_broken_pipe(self) -> None:
-            raise BrokenPipeError
-
-    return _Quiet(**kwargs)
-
-
-def print_pairs(title: str, rows: Any, **kwargs: Any) -> None:
-    """A table of names and right-aligned values, on a :func:`console` made with ``kwargs``."""
-    from rich.table import Table
-
-    table = Table(title=cell(title), show_header=False)
-    table.add_column("")
-    table.add_column("", justify="right")
-    for name, value in rows:
-        table.add_row(cell(name), cell(value))
-    console(**kwargs).print(table)
-
-
-def spend_rows(t: Any) -> list[tuple[str, str]]:
-    """The requests, tokens and cost of a batch's totals or of a report, as table rows."""
-    unpriced = f" + {t.uncosted} unpriced" if t.uncosted else ""
-    return [
-        ("LLM requests", f"{t.requests:,}"),
-        ("prompt tokens (cached)", f"{t.prompt_tokens:,} ({t.cached_tokens:,})"),
-        ("completion tokens", f"{t.completion_tokens:,}"),
-        ("cost (USD)", f"{t.cost:.4f}{unpriced}"),
-    ]
 
 
 class State:
@@ -161,7 +99,7 @@ def err(text: str) -> None:
 def out(text: str) -> None:
     """Standard output, JSON included: escape sequences and C0 controls removed (JSON never
     holds them raw, so it is printed exactly as made)."""
-    typer.echo(_C0.sub("", text))
+    typer.echo(plain_json(text))
 
 
 def say(text: str) -> None:

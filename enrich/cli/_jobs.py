@@ -32,6 +32,10 @@ from ._common import (
     out,
 )
 from ._progress import Progress, print_estimate, print_summary
+from ._select import Budget, select
+
+#: A run stopped by --max-cost.
+EXIT_BUDGET = 7
 
 ConcurrencyOpt = Annotated[
     int, typer.Option("--concurrency", "-j", min=1, max=1024, help="Conversations in flight.")
@@ -78,6 +82,27 @@ ViaOpt = Annotated[
 PollOpt = Annotated[
     float, typer.Option("--poll-seconds", min=0.01, help="How often to poll a Batch API job.")
 ]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option("--limit", min=1, help="Only the first N conversations.", show_default=False),
+]
+SampleOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--sample", min=1, help="Only N conversations, drawn at random.", show_default=False
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="The random seed of --sample.")]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost",
+        min=0,
+        help="Stop taking conversations before the run spends more than this (USD); those in "
+        "flight finish. Exit 7.",
+        show_default=False,
+    ),
+]
 EstimateOpt = Annotated[
     bool,
     typer.Option(
@@ -101,6 +126,10 @@ class JobOptions:
     via: ViaOpt = "direct"
     poll_seconds: PollOpt = 10.0
     estimate: EstimateOpt = False
+    limit: LimitOpt = None
+    sample: SampleOpt = None
+    seed: SeedOpt = 0
+    max_cost: MaxCostOpt = None
     config: ConfigOpt = None
     model: ModelOpt = None
     mode: ModeOpt = None
@@ -148,9 +177,12 @@ def run_job(
         # listing needs ChatDash, even for an estimate
         if lists or not (job.estimate or job.dry_run):
             enricher.chatdash.check()
+        chosen = select(items(enricher), limit=job.limit, sample=job.sample, seed=job.seed)
+        if count is not None:
+            count = min([count, *(n for n in (job.limit, job.sample) if n is not None)])
         if job.estimate:
-            return _estimate(enricher, items(enricher), job=job)
-        return _drive(enricher, items(enricher), total=count, job=job)
+            return _estimate(enricher, chosen, job=job)
+        return _drive(enricher, chosen, total=count, job=job)
     finally:
         enricher.close()
 
@@ -208,6 +240,7 @@ def _drive(
 
     from ..models.results import BatchTotals
     from ..resultfiles import ResultFileError, open_writer
+    from ._signals import sigterm_as_interrupt
 
     via = _via(job.via)
     spec = enricher.config.report_spec()
@@ -222,8 +255,9 @@ def _drive(
             f"{status['completed']}/{status['total']} done, {status['failed']} failed"
         )
 
+    budget = Budget(job.max_cost) if job.max_cost is not None else None
     run = enricher.enrich_many(
-        items,
+        budget.gate(items) if budget is not None else items,
         concurrency=job.concurrency,
         write=not job.dry_run,
         force=job.force,
@@ -251,46 +285,50 @@ def _drive(
                     f"enrich: stopping: {exc.path} cannot take the results ({exc.strerror}); "
                     "finishing the conversations in flight"
                 )
+        if budget is not None:
+            res = result.result
+            budget.record(res.cost if res else None, bool(res) and not res.reused)
         if not result.ok and shown < failures_shown:
             shown += 1
             where = result.conversation_id or (f"line {result.line}" if result.line else "?")
             progress.say(f"enrich: failed: {where}: {result.error}")
         progress.update(totals)
 
-    try:
-        results = iter(run)
-        while True:
-            # A Ctrl-C may land anywhere in this loop, not only while waiting: the first one
-            # stops taking new conversations, and the loop goes on collecting those in flight.
-            try:
+    with sigterm_as_interrupt():  # docker stop, Kubernetes, timeout: like the first Ctrl-C
+        try:
+            results = iter(run)
+            while True:
+                # A Ctrl-C may land anywhere in this loop, not only while waiting: the first one
+                # stops taking new conversations, and the loop goes on collecting those in flight.
                 try:
-                    result = next(results)
-                except StopIteration:
-                    break
-                handle(result)
-            except KeyboardInterrupt:
-                if interrupted:
-                    run.cancel()
-                    break
-                interrupted = True
-                run.stop()
-                progress.say(
-                    "enrich: stopping: finishing the conversations in flight "
-                    "(Ctrl-C again to abandon them)"
-                )
-            except BrokenPipeError:
-                run.cancel()  # the reader of stdout is gone; what was paid for is in the ledger
-                raise
-    finally:
-        progress.update(totals, force=True)
-        progress.close()
-        if writer is not None:
-            try:
-                writer.close()
-            except BrokenPipeError:
-                pass
-            except ResultFileError as exc:
-                lost = lost or exc
+                    try:
+                        result = next(results)
+                    except StopIteration:
+                        break
+                    handle(result)
+                except KeyboardInterrupt:
+                    if interrupted:
+                        run.cancel()
+                        break
+                    interrupted = True
+                    run.stop()
+                    progress.say(
+                        "enrich: stopping: finishing the conversations in flight "
+                        "(Ctrl-C again to abandon them)"
+                    )
+                except BrokenPipeError:
+                    run.cancel()  # the reader of stdout is gone; what was paid for is in the ledger
+                    raise
+        finally:
+            progress.update(totals, force=True)
+            progress.close()
+            if writer is not None:
+                try:
+                    writer.close()
+                except BrokenPipeError:
+                    pass
+                except ResultFileError as exc:
+                    lost = lost or exc
     print_summary(totals, time.monotonic() - start)
     if lost is not None:
         ledger = getattr(enricher, "ledger", None)
@@ -312,4 +350,11 @@ def _drive(
             "is skipped and not paid for twice."
         )
         return EXIT_INTERRUPTED
+    if budget is not None and budget.reached:
+        err(
+            f"enrich: stopped at --max-cost {budget.cap:g} (spent ${totals.cost:.4f}). Run the "
+            "same command again, with a higher cap, to go on: what the ledger holds is not paid "
+            "for twice."
+        )
+        return EXIT_BUDGET
     return EXIT_PARTIAL if totals.failed else EXIT_OK

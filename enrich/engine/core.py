@@ -13,7 +13,6 @@ whose loop is already running.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, Literal, Self
 
@@ -28,6 +27,7 @@ from ..models.results import CostEstimate, EnrichmentResult, ReplayReport
 from ..models.transcript import Transcript
 from ..models.usage import Usage
 from .bounds import aground, parse_bounded
+from .leases import acquire, renewed
 from .longcall import PART_SCHEMA, map_reduce, plan
 from .profile import Profile, Profiles
 from .skip import sent_before, skip_reason, skipped_estimate, skipped_result
@@ -201,22 +201,21 @@ class EnricherCore:
             return result, None
         # Another process (a webhook retried while the first is still running) may be paying
         # for this very enrichment: wait for its result rather than pay again.
-        held = fingerprint.key()
         s = self.config.llm
-        lease = s.timeout * (s.max_retries + 1) * (s.max_reasks + 1) + 60
-        waited = 0.0
-        while not await ledger.abegin(agent_id, conversation_id, held, lease):  # type: ignore[arg-type]
-            await asyncio.sleep(0.25)
-            waited += 0.25
-            if not force and (found := await stored()) is not None:
-                return found
-            if waited > lease:
-                break
-        try:
+        patience = s.timeout * (s.max_retries + 1) * (s.max_reasks + 1) + 60
+        found = await acquire(
+            ledger,
+            agent_id,  # type: ignore[arg-type]
+            conversation_id,  # type: ignore[arg-type]
+            fingerprint.key(),
+            patience=patience,
+            stored=None if force else stored,
+        )
+        if found is not None:
+            return found
+        async with renewed(ledger, agent_id, conversation_id):  # type: ignore[arg-type]
             result = await self._ask_and_finish(parsed, profile, agent_id, conversation_id, state)
             return result, None
-        finally:
-            await ledger.aend(agent_id, conversation_id)  # type: ignore[arg-type]
 
     async def _ask_and_finish(
         self,

@@ -40,6 +40,7 @@ STAGES: dict[str, Stage] = {
     "config": "config",
     "llm": "llm",
     "chatdash": "chatdash",
+    "ledger": "ledger",
     "enrich": "config",
     "internal": "internal",
 }

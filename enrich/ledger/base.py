@@ -40,7 +40,10 @@ hashes computed another way never match, so they are enriched afresh rather than
 ``lease_seconds``, so two replays do not send the same write at once; :meth:`~LedgerBackend.begin`
 takes the *enrichment* of a conversation for a fingerprint, so two processes asked the same
 question do not both pay for it (the second waits for the first's result). A lease that runs
-out is free again: a process that died holding one blocks nothing for long. Every change is
+out is free again. An enrichment's lease names its holder (host, pid and when the process
+started: :mod:`enrich.ledger.holder`) and is short, renewed (:meth:`~LedgerBackend.renew`) while
+the holder waits for the LLM: a lease whose holder on this host is gone is free at once, and one
+whose holder on another host died runs out within seconds. Every change is
 atomic: one transaction, never half applied.
 
 **Batch API jobs.** A job created at OpenAI is recorded (:meth:`~LedgerBackend.record_batch_job`)
@@ -241,6 +244,12 @@ class LedgerBackend(ABC):
     def end(self, agent_id: str, conversation_id: str) -> None:
         """Release what :meth:`begin` took."""
 
+    def renew(self, agent_id: str, conversation_id: str, seconds: float) -> bool:
+        """Hold what this process took with :meth:`begin` for ``seconds`` more (its holder is
+        alive); False if it no longer holds it. A back end that cannot renew keeps the lease
+        :meth:`begin` took, as long as it was asked for (the default: True)."""
+        return True
+
     # -- Batch API jobs -------------------------------------------------------------------------
 
     @abstractmethod
@@ -343,6 +352,9 @@ class LedgerBackend(ABC):
 
     async def aend(self, agent_id: str, conversation_id: str) -> None:
         await self._call(self.end, agent_id, conversation_id)
+
+    async def arenew(self, agent_id: str, conversation_id: str, seconds: float) -> bool:
+        return await self._call(self.renew, agent_id, conversation_id, seconds)
 
     async def arecord_batch_job(self, batch_id: str, rows: dict[str, list[str]]) -> None:
         await self._call(self.record_batch_job, batch_id, rows)

@@ -156,6 +156,13 @@ def m003_skipped_state(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS conversations_state ON conversations (state)")
 
 
+@migration
+def m004_inflight_holder(conn: sqlite3.Connection) -> None:
+    """An enrichment in flight records its holder (``host|pid|start``, see
+    :mod:`enrich.ledger.holder`), so a lease whose process is gone is free at once."""
+    conn.execute("ALTER TABLE inflight ADD COLUMN holder TEXT")
+
+
 _TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
 
 

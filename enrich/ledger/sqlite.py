@@ -2,15 +2,17 @@
 
 It keeps the semantics of :class:`~enrich.ledger.base.LedgerBackend` this way: the database runs
 in WAL mode (readers never wait for the writer, and a killed process loses no committed
-change), every change is one short ``BEGIN IMMEDIATE`` transaction (a writer waits up to 30 s
-for another's lock), and each thread of each process has its own connection, opened on first
-use, when the schema's missing migrations (:mod:`enrich.ledger.migrations`) are applied. A ledger
-written by release 0.1 is upgraded in place the first time it is opened.
+change), every change is one short ``BEGIN IMMEDIATE`` transaction (an operation waits up to
+5 minutes, ``busy_seconds``, for another's lock, then fails with a ``LedgerError``), and each
+thread of each process has its own connection, opened on first use, when the schema's missing
+migrations (:mod:`enrich.ledger.migrations`) are applied. A ledger written by release 0.1 is
+upgraded in place the first time it is opened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sqlite3
@@ -22,10 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LedgerError
 from ..models.fingerprint import Fingerprint
 from ..models.usage import Usage
 from .base import LedgerBackend, LedgerEntry, LedgerEvent, State
+from .holder import holder_is_gone, this_holder
 from .migrations import migrate
 
 __all__ = ["SQLiteLedger", "default_ledger_path"]
@@ -81,6 +84,11 @@ def _wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
 class SQLiteLedger(LedgerBackend):
     """One ledger file. Safe to share between threads and between processes."""
 
+    #: How long an operation waits for another process's lock before it fails with a
+    #: :class:`~enrich.errors.LedgerError`: well above a writer's longest transaction (each is
+    #: one conversation's, milliseconds; a migration, seconds), so a busy ledger is waited out.
+    busy_seconds: float = 300.0
+
     def __init__(self, path: str | Path, *, lease_seconds: float = 300.0) -> None:
         self.path = Path(path).expanduser()
         self.lease_seconds = lease_seconds
@@ -104,11 +112,11 @@ class SQLiteLedger(LedgerBackend):
     def _open(self) -> sqlite3.Connection:
         """A new connection, its schema brought up to date."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=self.busy_seconds, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
-            _wal(conn)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_seconds * 1000)}")
+            _wal(conn, self.busy_seconds)
             conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: survives a killed process
             migrate(conn, self.location)
         except BaseException:
@@ -125,6 +133,13 @@ class SQLiteLedger(LedgerBackend):
             return conn
         try:
             conn = self._open()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise ConfigError(f"{self.path}: cannot open the ledger: {exc}") from None
+            raise LedgerError(
+                f"{self.path}: the ledger cannot be used: locked by another process",
+                location=self.location,
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{self.path}: cannot open the ledger: {exc}") from None
         except OSError as exc:
@@ -444,18 +459,34 @@ class SQLiteLedger(LedgerBackend):
         now = time.time()
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT fingerprint, until FROM inflight "
+                "SELECT fingerprint, until, holder FROM inflight "
                 "WHERE agent_id = ? AND conversation_id = ?",
                 (agent_id, conversation_id),
             ).fetchone()
-            if row is not None and row["until"] > now and row["fingerprint"] == fingerprint:
+            if (
+                row is not None
+                and row["until"] > now
+                and row["fingerprint"] == fingerprint
+                and not holder_is_gone(row["holder"])
+            ):
                 return False
             conn.execute(
-                "INSERT OR REPLACE INTO inflight (agent_id, conversation_id, fingerprint, until) "
-                "VALUES (?, ?, ?, ?)",
-                (agent_id, conversation_id, fingerprint, now + seconds),
+                "INSERT OR REPLACE INTO inflight "
+                "(agent_id, conversation_id, fingerprint, until, holder) VALUES (?, ?, ?, ?, ?)",
+                (agent_id, conversation_id, fingerprint, now + seconds, this_holder()),
             )
             return True
+
+    def renew(self, agent_id: str, conversation_id: str, seconds: float) -> bool:
+        """Hold what this process took with :meth:`begin` for ``seconds`` more; False if it no
+        longer holds it."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE inflight SET until = ? WHERE agent_id = ? AND conversation_id = ? "
+                "AND holder = ?",
+                (time.time() + seconds, agent_id, conversation_id, this_holder()),
+            )
+            return cur.rowcount == 1
 
     def end(self, agent_id: str, conversation_id: str) -> None:
         with self._tx() as conn:
@@ -493,3 +524,30 @@ class SQLiteLedger(LedgerBackend):
     def note(self, agent_id: str, conversation_id: str, event: str, detail: Any = None) -> None:
         with self._tx() as conn:
             self._event(conn, agent_id, conversation_id, event, detail or {})
+
+
+def _ledger_errors(operation: Callable[..., T]) -> Callable[..., T]:
+    """``operation``, its SQLite errors (a lock still held after ``busy_seconds``, a full
+    disk, a corrupt page) raised as :class:`~enrich.errors.LedgerError` naming the ledger. On
+    the no-wait connection they pass as they are: :meth:`SQLiteLedger._call` retries there."""
+
+    @functools.wraps(operation)
+    def wrapper(self: SQLiteLedger, *args: Any, **kwargs: Any) -> T:
+        try:
+            return operation(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            if getattr(self._local, "nowait", False):
+                raise
+            what = "locked by another process" if "locked" in str(exc) else str(exc)
+            raise LedgerError(
+                f"{self.location}: the ledger cannot be used: {what}", location=self.location
+            ) from exc
+
+    return wrapper
+
+
+for _name in (
+    "get find history entries stats record skip queue claim written write_failed begin renew "
+    "end record_batch_job open_batch_jobs close_batch_job note"
+).split():
+    setattr(SQLiteLedger, _name, _ledger_errors(getattr(SQLiteLedger, _name)))

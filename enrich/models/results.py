@@ -33,7 +33,7 @@ __all__ = [
 
 Status = Literal["written", "enriched", "skipped", "failed"]
 #: Where a failed item failed (see :func:`enrich.errors.error_class`).
-Stage = Literal["input", "llm", "chatdash", "config", "internal"]
+Stage = Literal["input", "llm", "chatdash", "ledger", "config", "internal"]
 
 
 class EnrichmentResult(BaseModel):
