@@ -229,7 +229,12 @@ class ChatDashLookupError(ChatDashError, InputError):
 
 class LedgerError(EnrichError):
     """The ledger could not be read or written (locked by another process for longer than its
-    busy timeout, a full disk, a corrupt page). ``location`` names the ledger."""
+    busy timeout, a full disk, a corrupt page). ``location`` names the ledger. When it struck
+    a result that was paid for, ``result`` holds that result and ``spilled`` the file it was kept
+    in instead (``<ledger>.spill.jsonl``; None if that failed too)."""
+
+    result: Any = None
+    spilled: Any = None
 
     def __init__(self, message: str, *, location: str = "") -> None:
         super().__init__(message)

@@ -71,3 +71,20 @@ def test_max_cost_stops_before_the_cap_and_exits_7(env, fake_llm, fake_chatdash)
     assert spent <= cap  # never more than the cap
     assert 1 <= len(paid) < 29  # it stopped early, having done some work
     assert len(fake_llm.requests) == 1 + len(paid)
+
+
+def test_what_a_failed_conversation_spent_is_in_its_result_and_the_totals(
+    env, fake_llm, fake_chatdash
+):
+    """An LLM failure after paid attempts (invalid every time) counts in the batch's cost."""
+    from enrich.testing import Reply
+
+    path = write_items(env["tmp"] / "in.jsonl", 1)
+    out = env["tmp"] / "out.jsonl"
+    fake_llm.add(*[Reply.text("not json")] * 3)  # the answer and its two re-asks
+    r = runner.invoke(app, ["batch", path, "-o", str(out)])
+    assert r.exit_code == 5, r.stderr
+    (failed,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert failed["status"] == "failed" and failed["stage"] == "llm"
+    assert failed["usage"]["requests"] == 3 and failed["cost"] > 0
+    assert "of which failed conversations" in r.stderr

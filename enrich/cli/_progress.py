@@ -86,6 +86,10 @@ def print_summary(totals: Any, seconds: float) -> None:
         ("skipped (nothing to analyse)", f"{totals.nothing_to_analyse:,}"),
         ("failed", f"{totals.failed:,}"),
         *spend_rows(totals),
+        (
+            "of which failed conversations (USD)",
+            f"{totals.failed_cost:.4f} ({totals.failed_requests:,} LLM requests)",
+        ),
         ("time", f"{seconds:.1f}s ({totals.done / seconds:.1f}/s)" if seconds > 0 else "-"),
     ]
     print_pairs("enrich: batch summary", rows, stderr=True, width=100)

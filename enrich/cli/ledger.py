@@ -59,6 +59,11 @@ def replay(
                 f"written: {report.written}, failed: {len(report.failed)}, "
                 f"skipped (another process had them): {report.skipped}"
             )
+        if report.imported:
+            err(
+                f"enrich: {report.imported} result(s) kept in the spill file were recorded in "
+                "the ledger"
+            )
         for line in report.failed:
             err(f"enrich: {line}")
         if report.refused_waiting:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import ChatDashError, InputError
+from ..errors import ChatDashError, InputError, LedgerError
 from ._common import (
     AgentOpt,
     ConfigOpt,
@@ -127,6 +127,14 @@ def run(
                 if enricher.ledger is not None:
                     _keep_hint(exc, enricher.ledger.location)
             raise
+        except LedgerError as exc:
+            paid = getattr(exc, "result", None)
+            if paid is not None:
+                if not as_json:
+                    out(json.dumps(paid.update, ensure_ascii=False))
+                    err("enrich: the enrichment was paid for: its body is on stdout")
+                _spill_hint(exc, dry_run=dry_run)
+            raise
         finally:
             enricher.close()
         _report(result, dry_run=dry_run, as_json=as_json)
@@ -141,6 +149,19 @@ def _keep_hint(exc: ChatDashError, ledger_path: Any) -> None:
         else "`enrich replay` sends it again"
     )
     err(f"enrich: it is kept in the ledger ({ledger_path}); {how}")
+
+
+def _spill_hint(exc: LedgerError, *, dry_run: bool) -> None:
+    """Say where a paid result the ledger could not take was kept, and what records it."""
+    spilled = getattr(exc, "spilled", None)
+    if spilled is None:
+        err("enrich: it could not be kept in a spill file either: keep the body printed here")
+        return
+    then = "" if dry_run else "; `enrich replay` then writes it to ChatDash"
+    err(
+        f"enrich: the ledger could not take it: it is kept in {spilled}, which the next run "
+        f"and `enrich replay` record in the ledger (no LLM call){then}"
+    )
 
 
 def _report_skipped(result: Any, *, dry_run: bool, as_json: bool) -> None:

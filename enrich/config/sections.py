@@ -15,6 +15,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from ..errors import validation_errors
@@ -34,6 +35,9 @@ __all__ = [
     "DEFAULT_CHATDASH_BASE_URL",
     "ENV_VARS",
     "key_problem",
+    "default_max_tokens",
+    "DEFAULT_CONTEXT_TOKENS",
+    "DEFAULT_MAX_TOKENS",
 ]
 
 DEFAULT_CHATDASH_BASE_URL = "https://api.chat-dash.com/v1/public"
@@ -49,6 +53,17 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "ENRICH_PROMPTS_DIR": ("analysis", "prompts_dir"),
     "ENRICH_LEDGER": ("ledger", "path"),
 }
+
+#: The model's context window when ``llm.context_tokens`` is not set.
+DEFAULT_CONTEXT_TOKENS = 128_000
+#: The answer's budget (``llm.max_tokens``) when it is not set, in a context of 16k or more.
+DEFAULT_MAX_TOKENS = 2000
+
+
+def default_max_tokens(context_tokens: int) -> int:
+    """``llm.max_tokens`` when it is not set: 2000, capped to an eighth of the context."""
+    return max(16, min(DEFAULT_MAX_TOKENS, context_tokens // 8))
+
 
 LLMMode = Literal["json_schema", "json_object", "tools"]
 
@@ -94,7 +109,11 @@ class LLMSettings(Section):
     api_key: SecretStr | None = None
     base_url: str | None = None
     temperature: float | None = Field(default=0.0, ge=0, le=2)
-    max_tokens: int = Field(default=2000, ge=16)
+    max_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS,
+        ge=16,
+        description="the answer's budget; default 2000, an eighth of a smaller context",
+    )
     timeout: float = Field(
         default=60.0,
         gt=0,
@@ -103,7 +122,7 @@ class LLMSettings(Section):
     max_retries: int = Field(default=2, ge=0, le=10, description="transport retries (429, 5xx)")
     max_reasks: int = Field(default=2, ge=0, le=10, description="re-asks after invalid output")
     context_tokens: int = Field(
-        default=128_000, ge=1024, description="the model's context window, in tokens"
+        default=DEFAULT_CONTEXT_TOKENS, ge=1024, description="the model's context window, in tokens"
     )
     tokenizer: str = Field(default="estimate", description="'estimate' or 'tiktoken:ENCODING'")
     part_concurrency: int = Field(
@@ -111,9 +130,27 @@ class LLMSettings(Section):
     )
     rpm: float | None = Field(default=None, gt=0, description="requests per minute allowed")
     tpm: float | None = Field(default=None, gt=0, description="tokens per minute allowed")
+    batch_api_fallback: bool = Field(
+        default=False,
+        description="--via batch-api on a server without the Batch API: ask directly at the "
+        "full price instead of failing",
+    )
 
     # a rejected key must not show in a pydantic error's input_value either
     model_config = ConfigDict(hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _answer_fits_the_context(cls, data: Any) -> Any:
+        """``max_tokens`` left unset: 2000, or an eighth of a small context (512 of llama.cpp's
+        4096), so that the answer, its re-asks and the transcript all fit in it."""
+        if not isinstance(data, Mapping) or data.get("max_tokens") is not None:
+            return data
+        try:
+            context = int(data.get("context_tokens", DEFAULT_CONTEXT_TOKENS))
+        except (TypeError, ValueError):
+            return data  # the field's own validation says what is wrong
+        return {**data, "max_tokens": default_max_tokens(context)}
 
     @field_validator("api_key")
     @classmethod

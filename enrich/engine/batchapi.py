@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
-from ..errors import EnrichError, LLMError
+from ..errors import EnrichError, LLMError, redact
 from ..ledger import State
 from ..llm import Answer, BatchAPI, BatchRequest, LLMResult, reask_messages, validate
 from ..models.enrichment import AnswerBase
@@ -41,12 +41,38 @@ from .items import (
 from .longcall import plan
 from .profile import Profile
 
-__all__ = ["run_via_batch_api", "BATCH_DISCOUNT"]
+__all__ = ["run_via_batch_api", "BATCH_DISCOUNT", "BatchAPIUnavailableError"]
 
 log = logging.getLogger("enrich.batchapi")
 
 #: The Batch API's price, as a share of the direct price.
 BATCH_DISCOUNT = 0.5
+
+
+class BatchAPIUnavailableError(LLMError):
+    """``via="batch-api"`` on a server whose Batch API cannot be used (no ``/v1/files``, an
+    upload or a batch refused...), without ``fallback``: nothing was paid for; the job can run
+    directly, at the full price."""
+
+
+def _unavailable(
+    enricher: EnricherCore, exc: Exception, created: str | None
+) -> BatchAPIUnavailableError:
+    reason = redact(str(exc), [enricher.config.llm.api_key, enricher.config.chatdash.api_key])
+    reason = " ".join(reason.split())[:300]
+    if created is None:
+        what = f"the Batch API is unavailable ({reason}); nothing was paid for"
+    elif enricher.ledger is not None:
+        what = (
+            f"the Batch API failed after batch {created} was created ({reason}); the ledger "
+            "keeps it, and the same command collects it later"
+        )
+    else:
+        what = f"the Batch API failed after batch {created} was created ({reason})"
+    return BatchAPIUnavailableError(
+        f"{what}. Run with --via direct to ask directly at the full price, or allow that "
+        "fallback (llm.batch_api_fallback: true)"
+    )
 
 
 class _Job:
@@ -77,10 +103,18 @@ async def run_via_batch_api(
     poll_seconds: float = 10.0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     stop: asyncio.Event | None = None,
+    fallback: bool | None = None,
 ) -> AsyncIterator[BatchResult]:
     """Enrich ``items`` through one Batch API job; ``stop`` leaves the job waiting (it is in the
-    ledger: the same command collects it later)."""
+    ledger: the same command collects it later).
+
+    When the Batch API cannot be used (the server has none, refuses the upload...), the run
+    raises :class:`BatchAPIUnavailableError` before paying anything, unless ``fallback``
+    (default: ``llm.batch_api_fallback``) allows asking those conversations directly, at the
+    full price. Invalid rows of a completed batch are re-asked directly either way."""
     llm = enricher.llm
+    if fallback is None:
+        fallback = enricher.config.llm.batch_api_fallback
     jobs: list[_Job] = []
     direct: list[Any] = []  # items that take the direct path (long calls)
 
@@ -139,6 +173,7 @@ async def run_via_batch_api(
             job.source = adopted.get("|".join(_key(job)))
             if job.source is None:
                 fresh.append(job)
+        created: str | None = None  # a batch made by this run
         try:
             if fresh:
                 batch_id = await batch_api.submit(
@@ -148,6 +183,7 @@ async def run_via_batch_api(
                     await ledger.arecord_batch_job(
                         batch_id, {str(job.index): _key(job) for job in fresh}
                     )
+                created = batch_id
                 log.warning(
                     "Batch API job %s created for %d conversations; if interrupted, run the "
                     "same command again to collect it",
@@ -180,8 +216,14 @@ async def run_via_batch_api(
                     )
                 for custom_id, answer in (await batch_api.answers(status)).items():
                     outputs[(batch_id, custom_id)] = answer
-        except Exception as exc:  # noqa: BLE001 - fall back to direct calls, say why
-            log.warning("the Batch API failed (%s): asking directly", exc)
+        except Exception as exc:  # noqa: BLE001 - fall back to direct calls only if allowed
+            if not fallback:
+                raise _unavailable(enricher, exc, created) from exc
+            log.warning(
+                "the Batch API failed (%s): asking directly, at the full price "
+                "(llm.batch_api_fallback)",
+                exc,
+            )
 
     # 3. validate each row; re-ask the invalid ones directly; keep, then write
     semaphore = asyncio.Semaphore(max(1, enricher.config.llm.part_concurrency))

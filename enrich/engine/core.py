@@ -13,20 +13,21 @@ whose loop is already running.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Literal, Self
 
 from ..chatdash import ChatDash, conversation_path
 from ..config import Config, load_config
-from ..errors import ChatDashError, ConfigError
+from ..errors import ChatDashError, ConfigError, LedgerError, LLMError
 from ..ledger import LedgerBackend, LedgerEntry, State, default_ledger_path, open_ledger
 from ..llm import LLMResult, RateLimiter, StructuredLLM, get_counter
-from ..models.enrichment import AnswerBase, Enrichment
+from ..models.enrichment import AnswerBase
 from ..models.fingerprint import FINGERPRINT_VERSION, Fingerprint
 from ..models.results import CostEstimate, EnrichmentResult, ReplayReport
 from ..models.transcript import Transcript
-from ..models.usage import Usage
 from .bounds import aground, parse_bounded
+from .keep import from_ledger, import_spilled, keep, paid_error
 from .leases import acquire, renewed
 from .longcall import PART_SCHEMA, map_reduce, plan
 from .profile import Profile, Profiles
@@ -41,26 +42,6 @@ TranscriptInput = Transcript | str | bytes | list[Any] | dict[str, Any]
 
 def count_tokens(text: str, config: Config) -> int:
     return get_counter(config.llm.tokenizer).count(text)
-
-
-def _from_ledger(entry: LedgerEntry, **fields: Any) -> EnrichmentResult:
-    """A result for an enrichment the ledger holds: no LLM call, no cost this time."""
-    values: dict[str, Any] = {
-        "enrichment": Enrichment.model_validate(entry.enrichment["enrichment"]),
-        "update": entry.body,
-        "usage": Usage(),
-        "attempts": 0,
-        "model": entry.model,
-        "dropped_queries": entry.enrichment.get("dropped_queries", []),
-        "strategy": entry.enrichment.get("strategy", "single"),
-        "parts": entry.enrichment.get("parts", 1),
-        "transcript_format": "ledger",
-        "turns": 0,
-        "reused": True,
-        "agent_id": entry.agent_id,
-        "conversation_id": entry.conversation_id,
-    }
-    return EnrichmentResult(**{**values, **fields})
 
 
 class EnricherCore:
@@ -84,6 +65,8 @@ class EnricherCore:
         self.ledger: LedgerBackend | None = (
             open_ledger(ledger.path or default_ledger_path()) if ledger.enabled else None
         )
+        #: Results an earlier run could not record (the spill file), recorded now.
+        self.imported = import_spilled(self.ledger) if self.ledger is not None else 0
 
     @classmethod
     def from_env(cls, config_path: str | None = None, **overrides: Any) -> Self:
@@ -189,7 +172,7 @@ class EnricherCore:
             entry = await ledger.aget(agent_id, conversation_id)  # type: ignore[union-attr,arg-type]
             if entry is None or entry.fingerprint != fingerprint or entry.state == State.SKIPPED:
                 return None  # (a skipped entry holds no enrichment to reuse)
-            result = _from_ledger(entry, **base)
+            result = from_ledger(entry, **base)
             result.update = profile.update(result.enrichment, parsed)  # today's write.fields
             result.withheld = profile.spec.withheld(result.enrichment)
             return result, entry
@@ -213,9 +196,14 @@ class EnricherCore:
         )
         if found is not None:
             return found
-        async with renewed(ledger, agent_id, conversation_id):  # type: ignore[arg-type]
-            result = await self._ask_and_finish(parsed, profile, agent_id, conversation_id, state)
-            return result, None
+        try:
+            async with renewed(ledger, agent_id, conversation_id):  # type: ignore[arg-type]
+                result = await self._ask_and_finish(
+                    parsed, profile, agent_id, conversation_id, state
+                )
+                return result, None
+        except LedgerError as exc:  # the lease's release failed too: the paid result first
+            raise (paid_error(exc) or exc) from None
 
     async def _ask_and_finish(
         self,
@@ -225,7 +213,12 @@ class EnricherCore:
         conversation_id: str | None,
         state: State,
     ) -> EnrichmentResult:
-        answer, strategy, parts, tokens = await self._ask(parsed, profile)
+        try:
+            answer, strategy, parts, tokens = await self._ask(parsed, profile)
+        except LLMError as exc:  # what its attempts cost, for a batch's totals (.cost)
+            u = exc.usage
+            exc.cost = None if u is None else self.config.cost(self.config.llm.model, u)  # type: ignore[attr-defined]
+            raise
         return await self.afinish(
             parsed,
             answer,
@@ -277,22 +270,10 @@ class EnricherCore:
             agent_id=agent_id,
             conversation_id=conversation_id,
         )
-        if self.ledger is not None and agent_id and conversation_id:
-            await self.ledger.arecord(
-                agent_id,
-                conversation_id,
-                profile.fingerprint(parsed),
-                enrichment={
-                    "enrichment": enrichment.model_dump(mode="json"),
-                    "dropped_queries": dropped,
-                    "strategy": strategy,
-                    "parts": parts,
-                },
-                body=result.update,
-                usage=result.usage,
-                cost=result.cost,
-                state=state,
-            )
+        if self.ledger is not None and agent_id and conversation_id:  # else: the spill file
+            stored = {"enrichment": enrichment.model_dump(mode="json"), "dropped_queries": dropped}
+            stored |= {"strategy": strategy, "parts": parts}
+            await keep(self.ledger, result, profile.fingerprint(parsed), stored, state)
         return result
 
     async def aenrich(
@@ -445,7 +426,7 @@ class EnricherCore:
         if (entry.model, entry.prompt_hash, entry.taxonomy_hash) != current:
             return None
         await self.ledger.anote(agent_id, conversation_id, "skipped", {"why": "already written"})
-        result = _from_ledger(entry, written=True, already_written=True)
+        result = from_ledger(entry, written=True, already_written=True)
         result.withheld = self.profile(agent_id).spec.withheld(result.enrichment)
         return result
 
@@ -456,7 +437,8 @@ class EnricherCore:
             raise ConfigError("replay needs the ledger (it is disabled: ledger.enabled)")
         self.chatdash.check()
         states = [State.PENDING] + ([State.FAILED] if include_failed else [])
-        report = ReplayReport()
+        imported = self.imported + await asyncio.to_thread(import_spilled, self.ledger)
+        report, self.imported = ReplayReport(imported=imported), 0
         if not include_failed:
             report.refused_waiting = len(await self.ledger.aentries(State.FAILED))
         for state in states:
@@ -465,7 +447,7 @@ class EnricherCore:
                     report.skipped += 1
                     continue
                 try:
-                    await self.awrite(_from_ledger(entry))
+                    await self.awrite(from_ledger(entry))
                 except ChatDashError as exc:
                     report.failed.append(f"{entry.agent_id}/{entry.conversation_id}: {exc}")
                 else:

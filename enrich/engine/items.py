@@ -135,6 +135,8 @@ def failed_result(
         status="failed",
         ok=False,
         result=getattr(exc, "result", None),
+        usage=getattr(exc, "usage", None),  # what an LLM error's attempts spent
+        cost=getattr(exc, "cost", None),
         error=message,
         error_type=type(exc).__name__,
         stage=STAGES[error_class(exc)],

@@ -33,6 +33,8 @@ PART_SCHEMA = strict_schema(PartNotes)
 ESTIMATE_MARGIN = 1.15
 #: The verbatim ending shown to the final call: at most this many tokens, and a fifth of its budget.
 ENDING_TOKENS = 1500
+#: The smallest part of a transcript worth a request of its own, in tokens.
+MIN_PART_TOKENS = 256
 
 
 @dataclass
@@ -59,12 +61,14 @@ class _Budget:
     def count(self, text: str) -> int:
         return math.ceil(self.counter.count(text) * self.margin)
 
-    def left(self, system_text: str, schema: dict[str, Any]) -> int:
-        """Tokens left for the user message under this system prompt and schema."""
+    def left(self, system_text: str, schema: dict[str, Any], max_tokens: int | None = None) -> int:
+        """Tokens left for the user message under this system prompt and schema (with
+        ``max_tokens`` for the answer, default ``llm.max_tokens``)."""
         s = self.settings
+        answer = s.max_tokens if max_tokens is None else max_tokens
         # the answer, then for each re-ask the answer sent back (rarely near max_tokens) and
         # the errors
-        reserve = s.max_tokens + s.max_reasks * (min(s.max_tokens, 1000) + 300) + 64
+        reserve = answer + s.max_reasks * (min(answer, 1000) + 300) + 64
         overhead = _cached_count(self.counter, self.margin, system_text) + _cached_count(
             self.counter, self.margin, json.dumps(schema)
         )
@@ -93,7 +97,7 @@ def plan(transcript: Transcript, profile: Profile) -> Plan:
     """Decide whether ``transcript`` fits one request under ``profile``; if not, cut it into
     parts."""
     b = _Budget(profile)
-    prompts, schema, llm = profile.prompts, profile.schema, profile.llm
+    prompts, schema = profile.prompts, profile.schema
     context = b.context(transcript=transcript)
     system = prompts.system(context)
     user = prompts.render("user.j2", **context)
@@ -104,17 +108,38 @@ def plan(transcript: Transcript, profile: Profile) -> Plan:
         return Plan("single", tokens, single, messages=messages)
 
     part_context = b.context(part={"index": 1, "count": 1})
-    part_budget = b.left(prompts.render("map.j2", **part_context), PART_SCHEMA) - 64
-    if part_budget < 256:
-        raise ConfigError(
-            f"llm.context_tokens={llm.context_tokens} leaves no room for a part of the "
-            f"transcript once the prompts, the answer (llm.max_tokens={llm.max_tokens}) "
-            "and its re-asks are reserved: raise context_tokens or lower max_tokens"
-        )
+    map_prompt = prompts.render("map.j2", **part_context)
+    part_budget = b.left(map_prompt, PART_SCHEMA) - 64
+    if part_budget < MIN_PART_TOKENS:
+        raise ConfigError(_no_room(b, map_prompt))
     total = sum(b.turn_cost(t) for t in transcript.dialogue)
     # balanced parts, with a little slack so that packing whole turns needs no extra part
     limit = min(part_budget, math.ceil(total / math.ceil(total / part_budget) * 1.05))
     return Plan("map_reduce", tokens, single, _pack(transcript.dialogue, limit, b), part_budget)
+
+
+def _no_room(b: _Budget, map_prompt: str) -> str:
+    """The one line that says what to set: the largest ``llm.max_tokens`` that leaves a part
+    room, or, when none does, that the context is too small."""
+    llm = b.settings
+    head = (
+        f"llm.context_tokens={llm.context_tokens} leaves no room for a part of the transcript "
+        f"once the prompts, the answer (llm.max_tokens={llm.max_tokens}) and its "
+        f"{llm.max_reasks} re-asks (llm.max_reasks) are reserved"
+    )
+    if b.left(map_prompt, PART_SCHEMA, 16) - 64 < MIN_PART_TOKENS:
+        return f"{head}: raise context_tokens, or lower max_reasks"
+    low, high = 16, llm.max_tokens  # low fits, high does not
+    while high - low > 1:
+        mid = (low + high) // 2
+        if b.left(map_prompt, PART_SCHEMA, mid) - 64 >= MIN_PART_TOKENS:
+            low = mid
+        else:
+            high = mid
+    return (
+        f"{head}: with context_tokens {llm.context_tokens}, set llm.max_tokens to at most {low} "
+        "(or leave it unset), or raise context_tokens"
+    )
 
 
 def _pack(turns: list[Turn], limit: int, b: _Budget) -> list[list[Turn]]:

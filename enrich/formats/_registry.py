@@ -135,6 +135,7 @@ def parse_transcript(
     ``source`` names the input in error messages (a path, ``<stdin>``...).
     """
     if isinstance(data, Transcript):
+        _check_turns(data, source)
         return data
     if format is not None and format not in _FORMATS:
         raise TranscriptError(
@@ -202,6 +203,7 @@ def parse_transcript(
                 source=source,
             )
 
+    _check_json(value, source)
     json_formats = [f for f in candidates if f.kind == "json"]
     if format is not None and not json_formats:
         raise TranscriptError(f"format {format!r} expects text, not JSON", source=source)
@@ -226,6 +228,42 @@ def _json_loads(text: str, source: str) -> Any:
     except ValueError as exc:  # an integer literal over Python's int-string conversion limit
         reason = "a number with too many digits" if "digits" in str(exc) else str(exc)
         raise TranscriptError(f"invalid JSON: {reason}", source=source) from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate(text: str, where: str, source: str) -> None:
+    """A lone surrogate (a ``\\ud800`` JSON escape, or a str from Python code) is not Unicode
+    text: it cannot be encoded to be sent anywhere. A TranscriptError naming where it is."""
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise TranscriptError(
+            f"{where} holds a lone surrogate (U+{ord(found.group()):04X}) at character "
+            f"{found.start()}: not valid Unicode text",
+            source=source,
+        )
+
+
+def _check_json(value: Any, source: str) -> None:
+    """Every string of a JSON value (keys too), without recursion: ``$[0].content``..."""
+    stack: list[tuple[Any, str]] = [(value, "$")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            _surrogate(node, f"the string at {path}", source)
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                name = str(key)
+                _surrogate(name, f"a key at {path}", source)
+                stack.append((child, f"{path}.{repr(name)[1:-1]}"))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+
+
+def _check_turns(transcript: Transcript, source: str) -> None:
+    for i, turn in enumerate(transcript.turns, 1):
+        _surrogate(turn.text, f"turn {i} ({turn.role})", source)
 
 
 def _run(fmt: TranscriptFormat, value: Any, source: str) -> Transcript:

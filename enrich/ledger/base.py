@@ -20,7 +20,10 @@ the hashing scheme), the enrichment, the tokens and cost, and the PUT body.
               nothing paid (:meth:`~LedgerBackend.skip`)
 
 A fresh :meth:`~LedgerBackend.record` replaces the conversation's older enrichment and resets
-its attempts; :meth:`~LedgerBackend.written` marks it written only if the body sent is still
+its attempts, except that a dry run's (``enriched``) never replaces an entry ``written``,
+``pending`` or ``failed``: that entry says what ChatDash holds or is still to receive, which a
+dry run does not change (it is only noted in the history, with what it cost).
+:meth:`~LedgerBackend.written` marks it written only if the body sent is still
 the stored one (a newer enrichment recorded meanwhile stays to be written).
 
 **Skipped conversations** keep their fingerprint and why they were skipped (``enrichment`` is

@@ -288,10 +288,12 @@ class SQLiteLedger(LedgerBackend):
         cost: float | None,
         state: State,
     ) -> None:
-        """Store a fresh enrichment (replacing an older one): the paid-for result is safe."""
+        """Store a fresh enrichment (replacing an older one): the paid-for result is safe. A
+        dry run's (``enriched``) never replaces an entry ``written``, ``pending`` or ``failed``:
+        it is only noted in the history."""
         now = _now()
         with self._tx() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 """
                 INSERT INTO conversations (
                     agent_id, conversation_id, transcript_hash, model, prompt_hash, taxonomy_hash,
@@ -310,6 +312,8 @@ class SQLiteLedger(LedgerBackend):
                     cost = excluded.cost, state = excluded.state, attempts = 0,
                     last_error = NULL, claimed_until = NULL, updated_at = excluded.updated_at,
                     written_at = NULL
+                WHERE excluded.state != 'enriched'
+                    OR conversations.state NOT IN ('written', 'pending', 'failed')
                 """,
                 (
                     agent_id,
@@ -331,12 +335,18 @@ class SQLiteLedger(LedgerBackend):
                     now,
                 ),
             )
+            kept = cursor.rowcount == 0  # a dry run over a written (or to be written) entry
             self._event(
                 conn,
                 agent_id,
                 conversation_id,
-                "enriched",
+                "dry_run" if kept else "enriched",
                 {
+                    **(
+                        {"why": "not recorded: the entry is written or to be written"}
+                        if kept
+                        else {}
+                    ),
                     "model": fingerprint.model,
                     "usage": usage.model_dump(),
                     "cost": cost,

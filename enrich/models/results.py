@@ -107,6 +107,11 @@ class ReplayReport(BaseModel):
     """What ``replay`` did."""
 
     written: int = 0
+    imported: int = Field(
+        default=0,
+        description="results recorded from the spill file (the ledger could not "
+        "take them when they were paid for)",
+    )
     skipped: int = Field(default=0, description="claimed by another process at the time")
     failed: list[str] = Field(default_factory=list)
     refused_waiting: int = Field(
@@ -149,6 +154,12 @@ class BatchResult(BaseModel):
     error: str | None = None
     error_type: str | None = None
     stage: Stage | None = None
+    usage: Usage | None = Field(
+        default=None,
+        description="a failed item: what its LLM attempts spent when no result was kept "
+        "(an LLMError's usage); a paid result is in result",
+    )
+    cost: float | None = Field(default=None, description="USD of usage, from the price table")
     seconds: float = 0.0
 
 
@@ -158,6 +169,10 @@ class BatchTotals(BaseModel):
     ``skipped`` counts what was already done (written before, or a duplicate);
     ``nothing_to_analyse`` the skipped conversations with nothing to analyse. ``done`` is the sum
     of ``written``, ``enriched``, ``skipped``, ``nothing_to_analyse`` and ``failed``.
+
+    The tokens and cost count every request paid for, failed conversations' too (a result paid
+    for whose write or record failed, an LLM error's attempts); ``failed_requests`` and
+    ``failed_cost`` are the failed conversations' share of them.
     """
 
     done: int = 0
@@ -172,6 +187,8 @@ class BatchTotals(BaseModel):
     requests: int = 0
     cost: float = 0.0
     uncosted: int = 0
+    failed_requests: int = 0
+    failed_cost: float = 0.0
 
     def add(self, r: BatchResult) -> None:
         self.done += 1
@@ -181,14 +198,23 @@ class BatchTotals(BaseModel):
         else:
             setattr(self, r.status, getattr(self, r.status) + 1)
         if res is not None and not res.reused:
-            self.prompt_tokens += res.usage.prompt_tokens
-            self.completion_tokens += res.usage.completion_tokens
-            self.cached_tokens += res.usage.cached_tokens
-            self.requests += res.usage.requests
-            if res.cost is None:
+            usage, cost = res.usage, res.cost
+        elif res is None and r.usage is not None:
+            usage, cost = r.usage, r.cost
+        else:
+            return
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
+        self.requests += usage.requests
+        if r.status == "failed":
+            self.failed_requests += usage.requests
+            self.failed_cost += cost or 0.0
+        if cost is None:
+            if usage.requests or res is not None:
                 self.uncosted += 1
-            else:
-                self.cost += res.cost
+        else:
+            self.cost += cost
 
 
 class EstimateRow(BaseModel):
