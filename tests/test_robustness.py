@@ -31,12 +31,25 @@ def rows(n: int) -> list[dict]:
 def test_a_line_that_is_not_utf8_fails_alone(env, fake_llm, fake_chatdash):
     path = env["tmp"] / "in.jsonl"
     lines = [json.dumps(r).encode() for r in rows(4)]
-    lines.insert(2, b'{"agent_id": "a", "conversation_id": "caf\xe9"}')
+    # not UTF-8, and not legacy text either (C1 control bytes): that line fails, alone
+    lines.insert(2, b'{"agent_id": "a", "conversation_id": "' + b"\x81\x8d\x8f" * 4 + b'"}')
     path.write_bytes(b"\n".join(lines) + b"\n")
     r = runner.invoke(app, ["batch", str(path), "-o", str(env["tmp"] / "out.jsonl")])
     assert r.exit_code == 5, r.stderr  # some failed; the batch went on
     assert "line 3: not UTF-8" in r.stderr
     assert len(fake_chatdash.puts) == 4
+
+
+def test_a_windows_1252_line_is_read_with_a_warning_as_a_file_is(env, fake_llm, fake_chatdash):
+    """The same text a transcript file may hold (Windows-1252) is read in a batch line too."""
+    path = env["tmp"] / "in.jsonl"
+    row = {"agent_id": "a", "conversation_id": "cafe", "transcript": TRANSCRIPT + "User: caf\xe9\n"}
+    path.write_bytes(json.dumps(row, ensure_ascii=False).encode("cp1252") + b"\n")
+    r = runner.invoke(app, ["batch", str(path), "-o", str(env["tmp"] / "out.jsonl")])
+    assert r.exit_code == 0, r.stderr
+    assert "line 1: not valid UTF-8" in r.stderr and "read as Windows-1252" in r.stderr
+    (put,) = fake_chatdash.puts
+    assert "café" in fake_llm.requests[0]["messages"][1]["content"]
 
 
 def test_a_bad_transcript_in_a_batch_names_its_line(env, fake_llm, fake_chatdash):

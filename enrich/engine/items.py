@@ -18,7 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import EnrichError, InputError, error_class, validation_errors
+from ..errors import EnrichError, InputError, TranscriptError, error_class, validation_errors
+from ..formats import decode_text
 from ..models.results import BadItem, BatchItem, BatchResult, Stage, Status
 from .core import EnricherCore
 
@@ -72,11 +73,15 @@ def read_items(path: str | Path) -> Iterator[BatchItem | BadItem]:
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
             except UnicodeDecodeError as exc:
-                yield BadItem(
-                    line=number,
-                    error=f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
-                )
-                continue
+                try:  # Windows-1252 or Latin-1 text is read, with a warning, as a file would be
+                    line = decode_text(raw, f"line {number}", len(raw) + 1).strip()
+                except TranscriptError:
+                    yield BadItem(
+                        line=number,
+                        error=f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                        f"{exc.start + 1}), and not Windows-1252 or Latin-1 text either",
+                    )
+                    continue
             if not line:
                 continue
             try:

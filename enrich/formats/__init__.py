@@ -16,6 +16,7 @@ A new format is one module here that calls :func:`register_format`, imported bel
 from ._registry import (
     DEFAULT_MAX_BYTES,
     TranscriptFormat,
+    decode_text,
     formats,
     parse_transcript,
     read_transcript,
@@ -30,6 +31,7 @@ from . import text, chat, chatdash, elevenlabs, retell, vapi  # noqa: E402,F401
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "TranscriptFormat",
+    "decode_text",
     "formats",
     "parse_transcript",
     "read_transcript",

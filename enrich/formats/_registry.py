@@ -37,6 +37,7 @@ __all__ = [
     "parse_transcript",
     "read_transcript",
     "describe_json",
+    "decode_text",
     "DEFAULT_MAX_BYTES",
 ]
 
@@ -109,6 +110,12 @@ def _decode(raw: bytes, source: str, max_bytes: int, *, legacy: bool = True) -> 
         )
     logger.warning("%s: not valid UTF-8 (%s); read as %s", source, where, label)
     return text
+
+
+def decode_text(raw: bytes, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """``raw`` as text, the way a transcript file is read: UTF-8, else Windows-1252 (or
+    Latin-1) text with a warning naming ``source``; a :class:`TranscriptError` for binary data."""
+    return _decode(raw, source, max_bytes)
 
 
 def _looks_binary(text: str) -> bool:
