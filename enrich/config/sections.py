@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from ..errors import validation_errors
-from ..models.fields import Criterion, CustomField, resolve_fields
+from ..models.fields import Criterion, CustomField, check_distinct, resolve_fields
 from ..models.spec import WRITABLE_FIELDS, Topic
 
 __all__ = [
@@ -255,19 +255,13 @@ class AnalysisSettings(Section):
     @field_validator("taxonomy")
     @classmethod
     def _unique_topics(cls, v: list[Topic]) -> list[Topic]:
-        names = [t.name for t in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"topic listed twice: {', '.join(dupes)}")
+        check_distinct((t.name for t in v), "topic")
         return v
 
     @field_validator("success_criteria")
     @classmethod
     def _unique_criteria(cls, v: list[str | Criterion]) -> list[str | Criterion]:
-        names = [c.name for c in v if isinstance(c, Criterion)]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"criterion listed twice: {', '.join(dupes)}")
+        check_distinct((c.name for c in v if isinstance(c, Criterion)), "criterion")
         return v
 
     @field_validator("presets")

@@ -28,6 +28,7 @@ __all__ = [
     "FieldType",
     "PRESETS",
     "resolve_fields",
+    "check_distinct",
     "RESERVED_NAMES",
 ]
 
@@ -64,6 +65,14 @@ RESERVED_NAMES = frozenset(
         "seconds",
     }
 )
+
+
+def check_distinct(names: Iterable[str], what: str) -> None:
+    """A ``ValueError`` naming the ``names`` given more than once: ``field listed twice: a``."""
+    names = list(names)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{what} listed twice: {', '.join(twice)}")
 
 
 def _plain_name(value: str, what: str) -> str:
@@ -207,10 +216,7 @@ def resolve_fields(
             f"unknown preset(s) {', '.join(map(repr, unknown))}; known: {', '.join(PRESETS)}"
         )
     own = list(fields)
-    names = [f.name for f in own]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"field listed twice: {', '.join(twice)}")
+    check_distinct((f.name for f in own), "field")
     mine = {f.name: f for f in own}
     out = [mine.pop(p, PRESETS[p]) for p in dict.fromkeys(presets)]
     return (*out, *(f for f in own if f.name in mine))

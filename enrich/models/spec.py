@@ -67,7 +67,7 @@ from .enrichment import (
     Verdict,
     strict_schema,
 )
-from .fields import Criterion, CustomField
+from .fields import Criterion, CustomField, check_distinct
 from .jsonschema import check
 from .transcript import CallMetadata
 from .update import ConversationUpdate, UpdateEvaluation, UpdateQuery
@@ -200,18 +200,14 @@ class AnalysisSpec(_Frozen):
     @model_validator(mode="after")
     def _distinct(self) -> AnalysisSpec:
         names = [f.name for f in self.fields]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"field listed twice: {', '.join(twice)}")
+        check_distinct(names, "field")
         if self.criteria and self.criteria_key in names:
             raise ValueError(
                 f"field {self.criteria_key!r} would collide with the criteria's verdicts in "
                 "customAnalysis (rename it, or set write.criteria_key)"
             )
         criteria = [c.name for c in self.criteria]
-        twice = sorted({n for n in criteria if criteria.count(n) > 1})
-        if twice:
-            raise ValueError(f"criterion listed twice: {', '.join(twice)}")
+        check_distinct(criteria, "criterion")
         columns = [f"criterion_{c}" for c in criteria]
         clash = sorted(set(names) & set(columns))
         if clash:
