@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import ConfigError
+from .models.fields import ROW_HEAD, ROW_TAIL
 from .models.results import BatchResult
 from .models.spec import AnalysisSpec
 
@@ -92,22 +93,9 @@ def _restore(value: str) -> str:
 
 _DEFAULT_SPEC = AnalysisSpec()
 
-#: Before the enrichment's columns. ``skip_reason``: why a ``skipped`` conversation had nothing
-#: to analyse (empty for one skipped as already done).
-HEAD = ["agent_id", "conversation_id", "line", "status", "error", "skip_reason"]
-#: After them.
-TAIL = [
-    "dropped_queries",
-    "model",
-    "strategy",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "requests",
-    "cost",
-    "reused",
-    "seconds",
-]
+#: Before the enrichment's columns, and after them (``enrich.models.fields``, where the names
+#: a custom field cannot take are derived from them).
+HEAD, TAIL = list(ROW_HEAD), list(ROW_TAIL)
 
 
 def columns(spec: AnalysisSpec = _DEFAULT_SPEC) -> list[str]:

@@ -30,41 +30,44 @@ __all__ = [
     "resolve_fields",
     "check_distinct",
     "RESERVED_NAMES",
+    "ROW_HEAD",
+    "ROW_TAIL",
+    "ENRICHMENT_COLUMNS",
 ]
 
 FieldType = Literal["string", "number", "integer", "boolean", "enum", "list", "json"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
-#: Names a field cannot take: the result row's own columns (a field is a column of its own).
-RESERVED_NAMES = frozenset(
-    {
-        "agent_id",
-        "conversation_id",
-        "line",
-        "status",
-        "error",
-        "skipped",
-        "skip_reason",
-        "topic",
-        "subtopic",
-        "is_success",
-        "verdict",
-        "reason",
-        "summary",
-        "misunderstood_queries",
-        "dropped_queries",
-        "model",
-        "strategy",
-        "prompt_tokens",
-        "completion_tokens",
-        "cached_tokens",
-        "requests",
-        "cost",
-        "reused",
-        "seconds",
-    }
+#: A flat result row's columns (CSV, Parquet, ``report``): these before the enrichment's,
+#: ``skip_reason`` saying why a ``skipped`` conversation had nothing to analyse...
+ROW_HEAD = ("agent_id", "conversation_id", "line", "status", "error", "skip_reason")
+#: ... the columns of every enrichment (the analysis spec adds its criteria's and fields')...
+ENRICHMENT_COLUMNS = (
+    "topic",
+    "subtopic",
+    "is_success",
+    "reason",
+    "summary",
+    "misunderstood_queries",
 )
+#: ... and these after them.
+ROW_TAIL = (
+    "dropped_queries",
+    "model",
+    "strategy",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "requests",
+    "cost",
+    "reused",
+    "seconds",
+)
+
+#: Names a field cannot take: the result row's own columns (a field is a column of its own),
+#: ``verdict`` (the overall verdict's column with named criteria) and ``skipped``.
+RESERVED_NAMES = frozenset({*ROW_HEAD, *ENRICHMENT_COLUMNS, *ROW_TAIL, "verdict", "skipped"})
 
 
 def check_distinct(names: Iterable[str], what: str) -> None:

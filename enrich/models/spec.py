@@ -67,7 +67,7 @@ from .enrichment import (
     Verdict,
     strict_schema,
 )
-from .fields import Criterion, CustomField, check_distinct
+from .fields import ENRICHMENT_COLUMNS, Criterion, CustomField, check_distinct
 from .jsonschema import check
 from .transcript import CallMetadata
 from .update import ConversationUpdate, UpdateEvaluation, UpdateQuery
@@ -89,16 +89,6 @@ WRITABLE_FIELDS = (
     "evaluation",
     "mistunderstoodQueries",
     "customAnalysis",
-)
-
-#: The flat columns of every enrichment, in a result row.
-ENRICHMENT_COLUMNS = (
-    "topic",
-    "subtopic",
-    "is_success",
-    "reason",
-    "summary",
-    "misunderstood_queries",
 )
 
 
