@@ -136,8 +136,11 @@ class LLMError(EnrichError):
     """The LLM did not give a usable answer.
 
     ``attempts`` counts the requests made, ``usage`` (a :class:`~enrich.Usage`) sums their tokens
-    and ``raw_outputs`` keeps every answer the model gave (they were paid for).
+    and ``raw_outputs`` keeps every answer the model gave (they were paid for). The engine sets
+    ``cost``, what that usage cost in USD (None: no price), for a batch's totals.
     """
+
+    cost: float | None = None
 
     def __init__(
         self,

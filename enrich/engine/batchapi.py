@@ -89,6 +89,7 @@ class _Job:
         self.conversation_id = conversation_id
         self.parsed = parsed
         self.profile = profile
+        self.fingerprint = profile.fingerprint(parsed)  # its key in the ledger, computed once
         self.messages: list[dict[str, Any]] = []
         self.source: tuple[str, str] | None = None  # (batch id, custom id)
         self.start = time.perf_counter()
@@ -251,6 +252,7 @@ async def run_via_batch_api(
                 job.conversation_id,
                 state=State.PENDING if write else State.ENRICHED,
                 cost=cost,
+                fingerprint=job.fingerprint,
             )
             if write:
                 result = await enricher.awrite(result)
@@ -321,7 +323,7 @@ async def _answer(
 def _key(job: _Job) -> list[str]:
     """What a Batch API row enriches, as the ledger keeps it: the conversation and its
     fingerprint."""
-    return [job.item.agent_id, job.conversation_id, *job.profile.fingerprint(job.parsed).parts()]
+    return [job.item.agent_id, job.conversation_id, *job.fingerprint.parts()]
 
 
 def _cost(enricher: EnricherCore, model: str, batch: Usage, direct: Usage) -> float | None:

@@ -180,7 +180,9 @@ class EnricherCore:
         if ledger is not None and not force and (found := await stored()) is not None:
             return found
         if ledger is None:
-            result = await self._ask_and_finish(parsed, profile, agent_id, conversation_id, state)
+            result = await self._ask_and_finish(
+                parsed, profile, fingerprint, agent_id, conversation_id, state
+            )
             return result, None
         # Another process (a webhook retried while the first is still running) may be paying
         # for this very enrichment: wait for its result rather than pay again.
@@ -199,7 +201,7 @@ class EnricherCore:
         try:
             async with renewed(ledger, agent_id, conversation_id):  # type: ignore[arg-type]
                 result = await self._ask_and_finish(
-                    parsed, profile, agent_id, conversation_id, state
+                    parsed, profile, fingerprint, agent_id, conversation_id, state
                 )
                 return result, None
         except LedgerError as exc:  # the lease's release failed too: the paid result first
@@ -209,6 +211,7 @@ class EnricherCore:
         self,
         parsed: Transcript,
         profile: Profile,
+        fingerprint: Fingerprint,
         agent_id: str | None,
         conversation_id: str | None,
         state: State,
@@ -217,7 +220,7 @@ class EnricherCore:
             answer, strategy, parts, tokens = await self._ask(parsed, profile)
         except LLMError as exc:  # what its attempts cost, for a batch's totals (.cost)
             u = exc.usage
-            exc.cost = None if u is None else self.config.cost(self.config.llm.model, u)  # type: ignore[attr-defined]
+            exc.cost = None if u is None else self.config.cost(self.config.llm.model, u)
             raise
         return await self.afinish(
             parsed,
@@ -228,6 +231,7 @@ class EnricherCore:
             parts=parts,
             transcript_tokens=tokens,
             state=state,
+            fingerprint=fingerprint,
         )
 
     async def afinish(
@@ -242,10 +246,12 @@ class EnricherCore:
         parts: int = 1,
         transcript_tokens: int = 0,
         cost: float | None = None,
+        fingerprint: Fingerprint | None = None,
     ) -> EnrichmentResult:
         """Turn the LLM's validated answer (of the profile's output model) into a result: the
         enrichment, its queries grounded, the PUT body; and keep it in the ledger (in
-        ``state``) before anything else can go wrong."""
+        ``state``) before anything else can go wrong. ``fingerprint``: the transcript's under
+        this profile, when the caller has it already."""
         profile = self.profile(agent_id)
         enrichment = profile.spec.enrichment(answer.value)
         kept, dropped = await aground(
@@ -273,7 +279,8 @@ class EnricherCore:
         if self.ledger is not None and agent_id and conversation_id:  # else: the spill file
             stored = {"enrichment": enrichment.model_dump(mode="json"), "dropped_queries": dropped}
             stored |= {"strategy": strategy, "parts": parts}
-            await keep(self.ledger, result, profile.fingerprint(parsed), stored, state)
+            fingerprint = fingerprint or profile.fingerprint(parsed)
+            await keep(self.ledger, result, fingerprint, stored, state)
         return result
 
     async def aenrich(
