@@ -10,7 +10,7 @@
 """
 
 from .batches import BatchAPI, BatchRequest, BatchStatus
-from .client import LLMResult, LLMStats, StructuredLLM, format_validation_errors
+from .client import LLMResult, LLMStats, StructuredLLM
 from .ratelimit import RateLimiter
 from .tokens import get_counter
 from .wire import TOOL_NAME, Answer, Validated, reask_messages, validate
@@ -28,6 +28,5 @@ __all__ = [
     "reask_messages",
     "RateLimiter",
     "TOOL_NAME",
-    "format_validation_errors",
     "get_counter",
 ]

@@ -58,7 +58,6 @@ from ..errors import (
     LLMTruncatedError,
     LLMValidationError,
     redact,
-    validation_errors,
 )
 from ..models.usage import Usage
 from .ratelimit import RateLimiter
@@ -77,16 +76,13 @@ from .wire import (
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-__all__ = ["StructuredLLM", "LLMResult", "LLMStats", "format_validation_errors", "TOOL_NAME"]
+__all__ = ["StructuredLLM", "LLMResult", "LLMStats", "TOOL_NAME"]
 
 log = logging.getLogger("enrich.llm")
 
 T = TypeVar("T", bound=BaseModel)
 
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
-
-#: One line per problem of a pydantic ``ValidationError`` (:func:`enrich.errors.validation_errors`).
-format_validation_errors = validation_errors
 
 #: The answer size limit of the request being sent by this task (set by ``_send`` around one
 #: chat completion; unset for the Batch API's uploads and downloads, which are not bounded).
