@@ -1,7 +1,15 @@
 """The ChatDash public API, over ``httpx``.
 
-One :class:`httpx.AsyncClient` per event loop, with connection pooling and the configured
-timeout. Every request sends the raw agency key in ``Authorization`` (no ``Bearer``). Ids are
+Per event loop, up to ``chatdash.max_connections`` connections kept alive, each its own
+:class:`httpx.AsyncClient` of one connection (:class:`_Connections`; all share one cookie jar
+and one TLS set-up, and the configured timeout), handed out last in, first out. A request waits
+for a free one in a semaphore, never in ``httpcore``'s pool: that pool spends CPU on every
+request in proportion to its connections times its queued requests, and hands one idle
+connection to several queued requests, all but one of which then try again (a batch of 256
+conversations queues up to 256 writes). The wait for a connection is not part of a try's
+``chatdash.timeout``.
+
+Every request sends the raw agency key in ``Authorization`` (no ``Bearer``). Ids are
 percent-encoded as single path segments, so no id can change the path.
 
 The transient statuses of :mod:`enrich._http` (408, 409, 429, 500, 502, 503, 504), timeouts and
@@ -30,6 +38,8 @@ import asyncio
 import logging
 import time
 import unicodedata
+from collections.abc import Callable
+from http.cookiejar import CookieJar
 from typing import Any
 from urllib.parse import quote
 
@@ -106,12 +116,38 @@ def _error_detail(response: httpx.Response) -> str:
     return response.text[:300].strip() or response.reason_phrase
 
 
+class _Connections:
+    """One event loop's connections to ChatDash (see the module's docstring): clients of one
+    connection each, made as requests need them, at most ``size``; :meth:`take` the most
+    recently used free one (its connection is the likeliest to be alive), :meth:`give` it back.
+    ``first`` builds every request (the clients differ only in their connection)."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncClient], size: int) -> None:
+        self._make = make
+        self.first = make()
+        self.made = [self.first]
+        self.free = [self.first]
+        #: Held while a client is taken: no more than ``size`` are ever taken at once.
+        self.turn = asyncio.Semaphore(size)
+
+    def take(self) -> httpx.AsyncClient:
+        if self.free:
+            return self.free.pop()
+        client = self._make()
+        self.made.append(client)
+        return client
+
+    def give(self, client: httpx.AsyncClient) -> None:
+        self.free.append(client)
+
+
 class ChatDash:
     """A ChatDash API client; create it anywhere, it connects lazily per event loop."""
 
     def __init__(self, settings: ChatDashSettings) -> None:
         self.settings = settings
-        self._clients: PerLoop[httpx.AsyncClient] = PerLoop()
+        self._clients: PerLoop[_Connections] = PerLoop()
+        self._checked: tuple[Any, ...] | None = None  # the settings check() last passed
 
     def __repr__(self) -> str:
         return f"ChatDash(base_url={self.settings.base_url!r})"
@@ -119,7 +155,11 @@ class ChatDash:
     def check(self) -> None:
         """Raise :class:`ConfigError` if no request can be made: no key, a key no HTTP header
         can carry (the configuration checks it too; this catches settings made without
-        validation), or a base URL ``httpx`` refuses."""
+        validation), or a base URL ``httpx`` refuses. Settings that passed are not checked
+        again (it is called before every conversation's LLM call)."""
+        checking = (self.settings.base_url, self.settings.api_key)
+        if checking == self._checked:
+            return
         if self.settings.api_key is None:
             raise ConfigError("CHATDASH_API_KEY is not set: ChatDash needs the agency key")
         problem = key_problem(self.settings.api_key.get_secret_value())
@@ -131,31 +171,36 @@ class ChatDash:
             raise ConfigError(
                 f"CHATDASH_BASE_URL (chatdash.base_url) is not a usable URL: {exc}"
             ) from None
+        self._checked = checking
 
-    def _client(self) -> httpx.AsyncClient:
-        return self._clients.get(self._new_client)
+    def _connections(self) -> _Connections:
+        return self._clients.get(self._new_connections)
 
-    def _new_client(self) -> httpx.AsyncClient:
+    def _new_connections(self) -> _Connections:
         self.check()
-        return httpx.AsyncClient(
-            base_url=self.settings.base_url,
-            timeout=self.settings.timeout,
-            headers={
-                "Authorization": self.settings.api_key.get_secret_value(),  # type: ignore[union-attr]
-                "Accept": "application/json",
-                "User-Agent": "enrich",
-            },
-            # a few connections, all kept alive: writes are quick, and httpcore's pool costs
-            # CPU in proportion to its size on every request
-            limits=httpx.Limits(
-                max_connections=self.settings.max_connections,
-                max_keepalive_connections=self.settings.max_connections,
-            ),
-        )
+        cookies = CookieJar()  # shared by all the loop's clients, as one client would keep them
+        tls = httpx.create_ssl_context()  # the default (trust_env), read once, not per client
+        headers = {
+            "Authorization": self.settings.api_key.get_secret_value(),  # type: ignore[union-attr]
+            "Accept": "application/json",
+            "User-Agent": "enrich",
+        }
+
+        def make() -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=self.settings.base_url,
+                timeout=self.settings.timeout,
+                headers=headers,
+                cookies=cookies,
+                verify=tls,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+
+        return _Connections(make, self.settings.max_connections)
 
     async def aclose(self) -> None:
-        client = self._clients.pop()
-        if client is not None:
+        connections = self._clients.pop()
+        for client in connections.made if connections is not None else ():
             await client.aclose()
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
@@ -174,8 +219,8 @@ class ChatDash:
         url = f"{self.settings.base_url}{path}"
         secrets = [self.settings.api_key]
         try:
-            client = self._client()
-            request = client.build_request(method, path, json=json, params=params)
+            connections = self._connections()
+            request = connections.first.build_request(method, path, json=json, params=params)
         except ConfigError:
             raise
         except (httpx.InvalidURL, httpx.HTTPError, ValueError, TypeError) as exc:
@@ -192,8 +237,13 @@ class ChatDash:
         for attempt in range(1, attempts + 1):
             response: httpx.Response | None = None
             try:
-                async with asyncio.timeout(self.settings.timeout):  # all of one try
-                    response = await client.send(request)
+                async with connections.turn:
+                    client = connections.take()
+                    try:
+                        async with asyncio.timeout(self.settings.timeout):  # all of one try
+                            response = await client.send(request)
+                    finally:
+                        connections.give(client)
             except (httpx.TimeoutException, TimeoutError):
                 problem = f"ChatDash did not answer within {self.settings.timeout:g}s"
             except httpx.LocalProtocolError as exc:  # the request itself cannot be sent

@@ -143,3 +143,89 @@ def env(monkeypatch, fake_llm, fake_chatdash, tmp_path):
         "tmp": tmp_path,
         "ledger": tmp_path / "ledger.sqlite3",
     }
+
+
+# -- the ledger's back ends: SQLite, and a real PostgreSQL server ---------------------------------
+# A test that takes `ledger_factory`, `ledger_location` or `any_ledger` runs once per back end
+# (ids `sqlite` and `postgres`). PostgreSQL is Debian's `postgresql` package (`.ci/run` installs
+# it): one server per session, started on first use, and an empty database per ledger.
+
+LEDGER_BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of this test session's own, on a free port of 127.0.0.1."""
+    from enrich.testing.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a fresh, empty database on the session's server (dropped after the test)."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=LEDGER_BACKENDS)
+def ledger_backend(request) -> str:
+    """The back end under test: ``sqlite`` or ``postgres``."""
+    return request.param
+
+
+@pytest.fixture
+def ledger_factory(request, ledger_backend, tmp_path):
+    """Makes a new, empty ledger of the back end under test and returns its location, for
+    ``open_ledger`` or ``ENRICH_LEDGER``: a SQLite file's path, or a ``postgresql://`` URL."""
+    made: list[str] = []
+    server = request.getfixturevalue("postgres_server") if ledger_backend == "postgres" else None
+
+    def make() -> str:
+        if server is not None:
+            made.append(server.new_database())
+        else:
+            made.append(str(tmp_path / f"ledger{'-' + str(len(made) + 1) if made else ''}.sqlite3"))
+        return made[-1]
+
+    yield make
+    if server is not None:
+        for url in made:
+            server.drop_database(url)
+
+
+@pytest.fixture
+def ledger_location(ledger_factory) -> str:
+    """One new, empty ledger of the back end under test: its location."""
+    return ledger_factory()
+
+
+@pytest.fixture
+def any_ledger(ledger_location):
+    """One new, empty ledger of the back end under test, opened."""
+    from enrich.ledger import open_ledger
+
+    ledger = open_ledger(ledger_location)
+    yield ledger
+    ledger.close()
+
+
+def run_sql(location: str, sql: str, args: tuple = ()) -> list[tuple]:
+    """Run one statement on the ledger at ``location`` behind its back (as another program
+    would), SQLite's ``?`` placeholders made ``%s`` for Postgres; the rows it returns."""
+    if location.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            cur = conn.execute(sql.replace("?", "%s"), args)
+            return cur.fetchall() if cur.description else []
+    import sqlite3
+
+    conn = sqlite3.connect(location)
+    try:
+        with conn:  # committed
+            return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()

@@ -54,6 +54,8 @@ def test_every_command_keeps_its_name_and_its_place_in_help():
         "batch",
         "backfill",
         "report",
+        "eval",
+        "serve",
         "render",
         "schema",
         "config",

@@ -137,6 +137,13 @@ ENV_SAMPLES = {
     "CHATDASH_BASE_URL": ("https://chatdash.example/v1", lambda c: c.chatdash.base_url),
     "ENRICH_PROMPTS_DIR": ("/srv/prompts", lambda c: c.analysis.prompts_dir),
     "ENRICH_LEDGER": ("/srv/enrich/ledger.sqlite3", lambda c: c.ledger.path),
+    # enrich serve's secrets
+    "RETELL_API_KEY": ("key_env_retell_1234", lambda c: c.serve.retell_api_key.get_secret_value()),
+    "VAPI_WEBHOOK_SECRET": ("env-vapi-secret", lambda c: c.serve.vapi_secret.get_secret_value()),
+    "ELEVENLABS_WEBHOOK_SECRET": (
+        "wsec_env_elevenlabs",
+        lambda c: c.serve.elevenlabs_secret.get_secret_value(),
+    ),
 }
 
 
@@ -164,6 +171,9 @@ def test_each_env_var_wins_over_the_file(tmp_path, var):
         "mode": "json_object",
         "prompts_dir": "/file/prompts",
         "path": "/file/ledger.sqlite3",
+        "retell_api_key": "file-retell-key",
+        "vapi_secret": "file-vapi-secret",
+        "elevenlabs_secret": "file-elevenlabs-secret",
     }
     path = _write(tmp_path, f"{section}:\n  {key}: {file_values[key]}\n")
     value, read = ENV_SAMPLES[var]

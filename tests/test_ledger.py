@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 
 import pytest
-from conftest import CHATDASH_KEY, OPENAI_KEY, TRANSCRIPT, make_config, put_schema
+from conftest import CHATDASH_KEY, OPENAI_KEY, TRANSCRIPT, make_config, put_schema, run_sql
 from typer.testing import CliRunner
 
 from enrich import Enricher
@@ -46,10 +46,9 @@ def seed(fake: FakeChatDash, agent: str, conv: str, **fields) -> None:
     fake.messages[(agent, conv)] = MESSAGES
 
 
-def ledger_config(fake_llm, fake_chatdash, tmp_path, **sections):
-    return make_config(
-        fake_llm, fake_chatdash, ledger={"path": str(tmp_path / "l.sqlite3")}, **sections
-    )
+def ledger_config(fake_llm, fake_chatdash, location, **sections):
+    """A Config aimed at the fakes, with the ledger at ``location`` (a file or a URL)."""
+    return make_config(fake_llm, fake_chatdash, ledger={"path": str(location)}, **sections)
 
 
 # -- fetch and resolve ---------------------------------------------------------------------------
@@ -116,10 +115,10 @@ def test_list_conversations_sends_the_range(fake_llm, fake_chatdash):
 
 
 def test_enrichment_is_stored_before_the_write_and_replayed_after_a_failure(
-    fake_llm, fake_chatdash, tmp_path
+    fake_llm, fake_chatdash, ledger_location
 ):
     fake_chatdash.fail(*[Fault(status=503) for _ in range(4)])
-    config = ledger_config(fake_llm, fake_chatdash, tmp_path)
+    config = ledger_config(fake_llm, fake_chatdash, ledger_location)
     with Enricher(config) as e:
         with pytest.raises(ChatDashError):
             e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
@@ -134,12 +133,14 @@ def test_enrichment_is_stored_before_the_write_and_replayed_after_a_failure(
         assert e.replay().written == 0  # twice is safe: nothing left
     assert len(fake_llm.requests) == 1  # replay never asks the LLM
     assert fake_chatdash.puts[-1][3] == entry.body
-    assert Ledger(config.ledger.path).get("agent-1", "conv-1").state == State.WRITTEN
+    assert open_ledger(config.ledger.path).get("agent-1", "conv-1").state == State.WRITTEN
 
 
-def test_refused_writes_are_failed_and_replayed_only_when_asked(fake_llm, fake_chatdash, tmp_path):
+def test_refused_writes_are_failed_and_replayed_only_when_asked(
+    fake_llm, fake_chatdash, ledger_location
+):
     fake_chatdash.fail(Fault(status=422))
-    config = ledger_config(fake_llm, fake_chatdash, tmp_path)
+    config = ledger_config(fake_llm, fake_chatdash, ledger_location)
     with Enricher(config) as e:
         with pytest.raises(ChatDashError):
             e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
@@ -148,8 +149,8 @@ def test_refused_writes_are_failed_and_replayed_only_when_asked(fake_llm, fake_c
         assert e.replay(include_failed=True).written == 1
 
 
-def test_unchanged_conversation_is_not_paid_for_twice(fake_llm, fake_chatdash, tmp_path):
-    config = ledger_config(fake_llm, fake_chatdash, tmp_path)
+def test_unchanged_conversation_is_not_paid_for_twice(fake_llm, fake_chatdash, ledger_location):
+    config = ledger_config(fake_llm, fake_chatdash, ledger_location)
     with Enricher(config) as e:
         first = e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
         again = e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
@@ -165,8 +166,10 @@ def test_unchanged_conversation_is_not_paid_for_twice(fake_llm, fake_chatdash, t
     "change",
     ["transcript", "model", "taxonomy", "template", "criteria"],
 )
-def test_any_changed_input_is_enriched_afresh(fake_llm, fake_chatdash, tmp_path, change):
-    config = ledger_config(fake_llm, fake_chatdash, tmp_path)
+def test_any_changed_input_is_enriched_afresh(
+    fake_llm, fake_chatdash, tmp_path, ledger_location, change
+):
+    config = ledger_config(fake_llm, fake_chatdash, ledger_location)
     with Enricher(config) as e:
         e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
     transcript = TRANSCRIPT
@@ -184,24 +187,30 @@ def test_any_changed_input_is_enriched_afresh(fake_llm, fake_chatdash, tmp_path,
         mine.mkdir()
         (mine / "reask.j2").write_text("Fix: {% for e in errors %}{{ e }} {% endfor %}")
         sections["analysis"] = {"prompts_dir": str(mine)}
-    with Enricher(ledger_config(fake_llm, fake_chatdash, tmp_path, **sections)) as e:
+    with Enricher(ledger_config(fake_llm, fake_chatdash, ledger_location, **sections)) as e:
         result = e.enrich_and_write("agent-1", "conv-1", transcript)
     assert not result.reused
     assert len(fake_llm.requests) == 2
 
 
-def test_dry_run_with_ids_keeps_the_result_for_the_real_run(env, fake_llm, fake_chatdash):
+def test_dry_run_with_ids_keeps_the_result_for_the_real_run(
+    env, fake_llm, fake_chatdash, ledger_location, monkeypatch
+):
+    monkeypatch.setenv("ENRICH_LEDGER", ledger_location)
     args = ["run", "-a", "agent-1", "-C", "conv-1", "-t", str(env["transcript"])]
     r = runner.invoke(app, [*args, "--dry-run"])
     assert r.exit_code == 0 and fake_chatdash.puts == []
-    assert Ledger(env["ledger"]).get("agent-1", "conv-1").state == State.ENRICHED
+    assert open_ledger(ledger_location).get("agent-1", "conv-1").state == State.ENRICHED
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.stderr
     assert "reused the ledger's enrichment" in r.stderr
     assert len(fake_llm.requests) == 1 and len(fake_chatdash.puts) == 1
 
 
-def test_cli_write_failure_then_replay_show_and_stats(env, fake_llm, fake_chatdash):
+def test_cli_write_failure_then_replay_show_and_stats(
+    env, fake_llm, fake_chatdash, ledger_location, monkeypatch
+):
+    monkeypatch.setenv("ENRICH_LEDGER", ledger_location)
     fake_chatdash.fail(*[Fault(status=500) for _ in range(4)])
     r = runner.invoke(app, ["run", "-a", "agent-1", "-C", "conv-1", "-t", str(env["transcript"])])
     assert r.exit_code == 4 and "`enrich replay` sends it again" in r.stderr
@@ -231,7 +240,7 @@ def test_show_unknown_conversation_exits_2(env):
 
 
 def _writer(path: str, worker: int, count: int) -> None:
-    ledger = Ledger(path)
+    ledger = open_ledger(path)
     fp = Fingerprint(transcript_hash="t", model="m", prompt_hash="p", taxonomy_hash="x")
     for i in range(count):
         conv = f"w{worker}-c{i}"
@@ -248,8 +257,8 @@ def _writer(path: str, worker: int, count: int) -> None:
         ledger.written("agent", conv, {"topic": conv})
 
 
-def test_concurrent_writers_lose_nothing(tmp_path):
-    path = str(tmp_path / "shared.sqlite3")
+def test_concurrent_writers_lose_nothing(ledger_location, ledger_backend):
+    path = ledger_location
     workers, each = 6, 60
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(path, w, each)) for w in range(workers)]
@@ -258,22 +267,24 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    ledger = Ledger(path)
+    ledger = open_ledger(path)
     entries = ledger.entries()
     assert len(entries) == workers * each
     assert all(e.state == State.WRITTEN for e in entries)
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2 * workers * each
+    assert run_sql(path, "SELECT COUNT(*) FROM events") == [(2 * workers * each,)]
+    if ledger_backend == "sqlite":
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
 
 
 # -- faults: 200 conversations, 30% of PUTs failing ------------------------------------------------
 
 
-def test_200_conversations_with_30_percent_failing_puts_lose_nothing(fake_llm, tmp_path):
+def test_200_conversations_with_30_percent_failing_puts_lose_nothing(fake_llm, ledger_location):
     with FakeChatDash(api_key=CHATDASH_KEY, put_schema=put_schema(), fail_rate=0.3, seed=7) as cd:
-        config = ledger_config(fake_llm, cd, tmp_path, chatdash={"max_attempts": 2})
+        config = ledger_config(fake_llm, cd, ledger_location, chatdash={"max_attempts": 2})
         ids = [f"conv-{i:03d}" for i in range(200)]
 
         async def batch(e: Enricher) -> tuple[int, int]:
@@ -297,7 +308,7 @@ def test_200_conversations_with_30_percent_failing_puts_lose_nothing(fake_llm, t
 
         with Enricher(config) as e:
             ok, failed = e.sync.run(batch(e))
-        ledger = Ledger(config.ledger.path)
+        ledger = open_ledger(config.ledger.path)
         states = defaultdict(int)
         for entry in ledger.entries():
             states[entry.state] += 1
@@ -339,10 +350,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigkill_mid_batch_loses_nothing_paid_for(tmp_path):
+def test_sigkill_mid_batch_loses_nothing_paid_for(tmp_path, ledger_location):
     script = tmp_path / "batch.py"
     script.write_text(SCRIPT)
-    ledger_path = tmp_path / "ledger.sqlite3"
+    ledger_path = ledger_location
     with FakeLLM() as llm, FakeChatDash(api_key=CHATDASH_KEY, latency=0.15) as cd:
         env = {
             **os.environ,
@@ -364,7 +375,7 @@ def test_sigkill_mid_batch_loses_nothing_paid_for(tmp_path):
         assert proc.returncode == -signal.SIGKILL
 
         paid = len(llm.requests)
-        stored = Ledger(ledger_path).entries()
+        stored = open_ledger(ledger_path).entries()
         print(
             f"\nkilled after {paid} LLM answers and {len(cd.puts)} PUTs; ledger holds {len(stored)}"
         )
@@ -377,7 +388,7 @@ def test_sigkill_mid_batch_loses_nothing_paid_for(tmp_path):
         )
         assert rerun.returncode == 0, rerun.stderr
         assert len(llm.requests) - paid == 30 - len(stored)  # the stored ones were not paid again
-        final = Ledger(ledger_path).entries()
+        final = open_ledger(ledger_path).entries()
         assert len(final) == 30 and {e.state for e in final} == {State.WRITTEN}
 
 
@@ -391,16 +402,16 @@ def test_ledger_is_the_sqlite_back_end_behind_the_interface(tmp_path):
     assert ledger.location == str(tmp_path / "l.sqlite3")
     with pytest.raises(TypeError):
         LedgerBackend()  # abstract: a back end implements every operation
-    with pytest.raises(ConfigError, match="only a SQLite file") as caught:
-        open_ledger("postgresql://enrich:s3cret@db/enrich")
-    assert "s3cret" not in str(caught.value)
+    with pytest.raises(ConfigError, match="a SQLite file's path or a postgresql:// URL") as caught:
+        open_ledger("mysql://enrich:s3cret@db/enrich")  # a URL: used as one, or refused
+    assert "s3cret" not in str(caught.value) and "mysql://" in str(caught.value)
 
 
 FP = Fingerprint(transcript_hash="t", model="m", prompt_hash="p", taxonomy_hash="x")
 
 
-def test_async_twins_from_a_running_loop(tmp_path):
-    ledger = open_ledger(tmp_path / "l.sqlite3")
+def test_async_twins_from_a_running_loop(any_ledger):
+    ledger = any_ledger
     usage = Usage(prompt_tokens=10, requests=1)
 
     async def main() -> None:
@@ -522,8 +533,8 @@ def test_an_uncontended_async_twin_runs_on_the_loop_and_a_contended_one_in_a_thr
 # -- the fingerprint's version --------------------------------------------------------------------
 
 
-def test_the_fingerprint_version_is_stored_and_read(tmp_path):
-    ledger = open_ledger(tmp_path / "l.sqlite3")
+def test_the_fingerprint_version_is_stored_and_read(any_ledger):
+    ledger = any_ledger
     later = FP.model_copy(update={"version": 2})
     for conv, fp in (("v1", FP), ("v2", later)):
         ledger.record(
@@ -539,16 +550,322 @@ def test_the_fingerprint_version_is_stored_and_read(tmp_path):
 
 
 def test_an_entry_of_another_fingerprint_version_is_enriched_afresh(
-    fake_llm, fake_chatdash, tmp_path
+    fake_llm, fake_chatdash, ledger_location
 ):
-    config = ledger_config(fake_llm, fake_chatdash, tmp_path)
+    config = ledger_config(fake_llm, fake_chatdash, ledger_location)
     with Enricher(config) as e:
         e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
-    conn = sqlite3.connect(config.ledger.path)
-    with conn:
-        conn.execute("UPDATE conversations SET fingerprint_version = 99")
-    conn.close()
+    run_sql(ledger_location, "UPDATE conversations SET fingerprint_version = 99")
     with Enricher(config) as e:
         result = e.enrich_and_write("agent-1", "conv-1", TRANSCRIPT)
         assert not result.reused and len(fake_llm.requests) == 2
         assert e.ledger.get("agent-1", "conv-1").version == 1
+
+
+# -- the semantics every back end keeps (each test runs on SQLite and on PostgreSQL) -------------
+
+
+def _record(ledger: LedgerBackend, conv: str, state: State, body: dict | None = None, **kw):
+    ledger.record(
+        "a",
+        conv,
+        kw.pop("fingerprint", FP),
+        enrichment=kw.pop("enrichment", {"n": 1}),
+        body={"topic": conv} if body is None else body,
+        usage=kw.pop("usage", Usage(prompt_tokens=10, completion_tokens=2, requests=1)),
+        cost=kw.pop("cost", 0.25),
+        state=state,
+    )
+
+
+def _events(ledger: LedgerBackend, conv: str) -> list[str]:
+    return [h.event for h in ledger.history("a", conv)]
+
+
+def _dead_holder() -> str:
+    from enrich.ledger.holder import this_holder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host, _, start = this_holder().split("|")
+    return f"{host}|{dead.pid}|{start}"
+
+
+def test_a_dry_run_never_replaces_an_entry_written_or_to_be_written(any_ledger):
+    ledger = any_ledger
+    for held in (State.PENDING, State.WRITTEN, State.FAILED):
+        conv = f"held-{held.value}"
+        _record(ledger, conv, held, body={"topic": "kept"})
+        _record(ledger, conv, State.ENRICHED, body={"topic": "dry"}, cost=0.5)
+        entry = ledger.get("a", conv)
+        assert entry.state == held and entry.body == {"topic": "kept"}
+        assert _events(ledger, conv) == ["enriched", "dry_run"]
+        detail = ledger.history("a", conv)[-1].detail
+        assert detail["cost"] == 0.5 and detail["why"].startswith("not recorded")
+    _record(ledger, "dry", State.ENRICHED, body={"topic": "first"})
+    _record(ledger, "dry", State.ENRICHED, body={"topic": "second"})
+    assert ledger.get("a", "dry").body == {"topic": "second"}  # a dry run replaces a dry run
+    _record(ledger, "dry", State.PENDING, body={"topic": "real"})
+    entry = ledger.get("a", "dry")
+    assert entry.state == State.PENDING and entry.attempts == 0 and entry.written_at is None
+
+
+def test_a_fresh_record_resets_the_attempts_and_the_error(any_ledger):
+    ledger = any_ledger
+    _record(ledger, "c", State.PENDING)
+    assert ledger.claim("a", "c")
+    ledger.write_failed("a", "c", "HTTP 422: bad\x00body", permanent=True)
+    failed = ledger.get("a", "c")
+    assert failed.state == State.FAILED and failed.attempts == 1
+    assert failed.last_error.startswith("HTTP 422: bad")
+    assert ledger.claim("a", "c")  # failed: claimable (replay --failed), the lease released
+    _record(ledger, "c", State.PENDING, usage=Usage(prompt_tokens=5, requests=1), cost=None)
+    fresh = ledger.get("a", "c")
+    assert (fresh.state, fresh.attempts, fresh.last_error) == (State.PENDING, 0, None)
+    assert fresh.usage == Usage(prompt_tokens=5, requests=1) and fresh.cost is None
+    assert fresh.created_at == failed.created_at and fresh.updated_at >= failed.updated_at
+    assert ledger.claim("a", "c")  # a fresh record releases the lease too
+
+
+def test_skipped_entries_keep_their_written_at_and_never_replace_a_paid_one(any_ledger):
+    ledger = any_ledger
+    ledger.skip("a", "s", FP, reason="no answer", body={"noAnswer": True})
+    entry = ledger.get("a", "s")
+    assert entry.state == State.SKIPPED and entry.enrichment == {"skipped": "no answer"}
+    assert entry.cost == 0.0 and entry.usage == Usage()
+    assert ledger.claim("a", "s")
+    ledger.write_failed("a", "s", "HTTP 503", permanent=False)
+    assert ledger.get("a", "s").state == State.SKIPPED  # tried again by the next run
+    assert ledger.claim("a", "s")
+    ledger.written("a", "s", {"noAnswer": True})
+    written_at = ledger.get("a", "s").written_at
+    assert written_at and ledger.get("a", "s").state == State.SKIPPED
+    assert not ledger.claim("a", "s")  # written: nothing to claim
+    ledger.skip("a", "s", FP, reason="still no answer", body={"noAnswer": True})
+    assert ledger.get("a", "s").written_at == written_at  # same body: still written
+    ledger.skip("a", "s", FP, reason="voicemail", body={"noAnswer": True, "voicemail": True})
+    assert ledger.get("a", "s").written_at is None and ledger.claim("a", "s")  # a new body
+    ledger.skip("a", "nothing", FP, reason="no user turn", body={})
+    assert not ledger.claim("a", "nothing")  # nothing to write
+    _record(ledger, "paid", State.WRITTEN)
+    ledger.skip("a", "paid", FP, reason="no answer", body={"noAnswer": True})
+    paid = ledger.get("a", "paid")
+    assert paid.state == State.WRITTEN and paid.body == {"topic": "paid"}
+    assert _events(ledger, "paid") == ["enriched", "skipped"]  # only noted
+
+
+def test_queue_and_written_apply_to_the_stored_body_only(any_ledger):
+    ledger = any_ledger
+    _record(ledger, "c", State.ENRICHED, body={"topic": "A"})
+    ledger.queue("a", "c", {"topic": "A"}, "reused")
+    assert ledger.get("a", "c").state == State.PENDING
+    ledger.written("a", "c", {"topic": "older"})  # not the stored body: a newer one waits
+    assert ledger.get("a", "c").state == State.PENDING
+    ledger.written("a", "c", {"topic": "A"})
+    entry = ledger.get("a", "c")
+    assert entry.state == State.WRITTEN and entry.attempts == 1 and entry.written_at
+    ledger.queue("a", "c", {"topic": "A"}, "reused")  # written with this very body: stays
+    assert ledger.get("a", "c").state == State.WRITTEN
+    ledger.queue("a", "c", {"topic": "B"}, "renarrowed")  # another body: to be written
+    assert ledger.get("a", "c").state == State.PENDING and ledger.get("a", "c").body == {
+        "topic": "B"
+    }
+    assert _events(ledger, "c") == [
+        "enriched",
+        "reused",
+        "written",
+        "written",
+        "reused",
+        "renarrowed",
+    ]
+    ledger.queue("a", "ghost", {}, "reused")  # no entry: nothing made, only noted
+    assert ledger.get("a", "ghost") is None and _events(ledger, "ghost") == ["reused"]
+
+
+def test_unicode_and_json_round_trip_exactly(any_ledger):
+    ledger = any_ledger
+    body = {"summary": "Größe 46 — 払い戻し 🥾", "nested": {"list": [1, 2.5, None, True]}}
+    _record(ledger, "ü-1", State.PENDING, body=body, enrichment={"e": "\u0000 and \\"})
+    entry = ledger.get("a", "ü-1")
+    assert entry.body == body and entry.enrichment == {"e": "\u0000 and \\"}
+    assert ledger.claim("a", "ü-1")
+    ledger.written("a", "ü-1", dict(body))  # the same body, compared as the same JSON text
+    assert ledger.get("a", "ü-1").state == State.WRITTEN
+    assert [e.conversation_id for e in ledger.find("ü-1")] == ["ü-1"]
+    assert ledger.find("ü-1", agent_id="other") == []
+
+
+def test_a_claim_runs_out_or_dies_with_its_holder(ledger_location):
+    ledger = open_ledger(ledger_location, lease_seconds=0.3)
+    _record(ledger, "c", State.PENDING)
+    assert ledger.claim("a", "c") and not ledger.claim("a", "c")
+    time.sleep(0.4)
+    assert ledger.claim("a", "c")  # ran out
+    patient = open_ledger(ledger_location)
+    _record(patient, "d", State.PENDING)
+    assert patient.claim("a", "d") and not patient.claim("a", "d")
+    run_sql(ledger_location, "UPDATE conversations SET claimed_by = ?", (_dead_holder(),))
+    assert patient.claim("a", "d")  # its holder is gone: free at once
+    run_sql(ledger_location, "UPDATE conversations SET claimed_by = 'elsewhere|1|1'")
+    assert not patient.claim("a", "d")  # another host's: held until it runs out
+    patient.written("a", "d", {"topic": "d"})
+    assert run_sql(
+        ledger_location, "SELECT claimed_until, claimed_by FROM conversations WHERE "
+        "conversation_id = 'd'"
+    ) == [(None, None)]  # fmt: skip
+
+
+def test_begin_renew_and_end(any_ledger, ledger_location):
+    ledger = any_ledger
+    assert ledger.begin("a", "c", "fp1", 60)
+    assert not ledger.begin("a", "c", "fp1", 60)  # held for this fingerprint
+    assert ledger.renew("a", "c", 60)
+    assert ledger.begin("a", "c", "fp2", 60)  # another question: not waited for
+    run_sql(ledger_location, "UPDATE inflight SET holder = 'elsewhere|1|1'")
+    assert not ledger.renew("a", "c", 60)  # no longer this process's
+    assert not ledger.begin("a", "c", "fp2", 60)
+    ledger.end("a", "c")
+    assert ledger.begin("a", "c", "fp2", 0.2)
+    time.sleep(0.3)
+    assert ledger.begin("a", "c", "fp2", 60)  # ran out
+    assert run_sql(ledger_location, "SELECT COUNT(*) FROM inflight") == [(1,)]
+    ledger.end("a", "c")
+    assert run_sql(ledger_location, "SELECT COUNT(*) FROM inflight") == [(0,)]
+
+
+def test_pace_reserves_slots_pauses_and_slows(any_ledger, ledger_location):
+    ledger = any_ledger
+    ledger.stats()  # opened: the timings below are the operations' own
+
+    def timed(name: str, **intervals: float) -> tuple[float, float]:
+        """The wait ``pace`` gives, and how long the call took (a bound on the clock's move)."""
+        args = {"request_interval": 0.0, "token_interval": 0.0, "burst": 0.0, **intervals}
+        start = time.monotonic()
+        wait = ledger.pace(name, **args)  # type: ignore[arg-type]
+        return wait, time.monotonic() - start
+
+    start = time.monotonic()
+    first, _ = timed("m", request_interval=1.0)
+    second, _ = timed("m", request_interval=1.0)
+    took = time.monotonic() - start
+    assert first == 0.0 and 1.0 - took <= second <= 1.0
+    assert timed("other", request_interval=1.0)[0] == 0.0  # a limit of its own
+    assert timed("m", request_interval=1.0, burst=5.0)[0] == 0.0  # within the burst: at once
+    start = time.monotonic()
+    assert ledger.pace_penalize("m", 3.0) == 3.0
+    assert run_sql(ledger_location, "SELECT factor FROM rate_limits WHERE name = 'm'") == [
+        (pytest.approx(0.8),)
+    ]
+    paused, _ = timed("m")
+    assert 3.0 - (time.monotonic() - start) <= paused <= 3.0
+    ledger.pace_penalize("m", 1.0)  # an earlier pause is never shortened
+    assert timed("m")[0] > 2.0
+    ledger.pace_settle("m", -0.5)
+    (factor,) = run_sql(ledger_location, "SELECT factor FROM rate_limits WHERE name = 'm'")[0]
+    assert factor == pytest.approx(0.8 * 0.8 + 0.0025)
+    for _ in range(150):
+        ledger.pace_settle("m", 0.0)
+    assert run_sql(ledger_location, "SELECT factor FROM rate_limits WHERE name = 'm'") == [(1.0,)]
+    for _ in range(10):
+        ledger.pace_penalize("slow", 0.0)
+    assert run_sql(ledger_location, "SELECT factor FROM rate_limits WHERE name = 'slow'") == [
+        (0.25,)
+    ]  # at least a quarter of the speed
+    start = time.monotonic()
+    assert timed("t", token_interval=2.0)[0] == 0.0
+    tokens, _ = timed("t", token_interval=0.001)  # the token schedule: 2 s later
+    assert 2.0 - (time.monotonic() - start) <= tokens <= 2.0
+    ledger.pace_settle("t", -1.5)  # it used fewer tokens than estimated
+    assert timed("t", token_interval=0.001)[0] <= 0.5 + 0.001
+
+
+def test_stats_and_entries_have_one_shape(any_ledger):
+    ledger = any_ledger
+    _record(ledger, "p1", State.PENDING, cost=0.25)
+    time.sleep(0.002)  # entries are ordered by when they were last updated (to the millisecond)
+    _record(ledger, "p2", State.PENDING, cost=None)
+    time.sleep(0.002)
+    _record(ledger, "w1", State.WRITTEN, cost=0.5)
+    time.sleep(0.002)
+    ledger.skip("a", "s1", FP, reason="no answer", body={})
+    assert ledger.stats() == [
+        {
+            "state": "pending",
+            "conversations": 2,
+            "prompt_tokens": 20,
+            "completion_tokens": 4,
+            "cached_tokens": 0,
+            "requests": 2,
+            "cost": 0.25,
+            "costed": 1,
+        },
+        {
+            "state": "skipped",
+            "conversations": 1,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cached_tokens": 0,
+            "requests": 0,
+            "cost": 0.0,
+            "costed": 1,
+        },
+        {
+            "state": "written",
+            "conversations": 1,
+            "prompt_tokens": 10,
+            "completion_tokens": 2,
+            "cached_tokens": 0,
+            "requests": 1,
+            "cost": 0.5,
+            "costed": 1,
+        },
+    ]
+    assert [e.conversation_id for e in ledger.entries()] == ["p1", "p2", "w1", "s1"]
+    assert [e.conversation_id for e in ledger.entries(State.PENDING)] == ["p1", "p2"]
+    assert all(isinstance(e.usage.prompt_tokens, int) for e in ledger.entries())
+
+
+def test_the_webhook_queue(any_ledger, ledger_location):
+    from enrich.ledger import WebhookState
+
+    ledger = any_ledger
+    assert ledger.webhook_take(30) is None
+    assert ledger.webhook_enqueue("retell", "call-1", "agent-1", b'{"x": 1}', "2026-01-01T00:00")
+    assert not ledger.webhook_enqueue("retell", "call-1", "agent-1", b"again", "2026-01-01T00:01")
+    assert ledger.webhook_enqueue("vapi", "call-2", "agent-1", b"\x00\xff", "2026-01-01T00:02")
+    assert ledger.webhook_counts() == {"queued": 2, "done": 0, "failed": 0, "deliveries": 3}
+    first = ledger.webhook_take(30)
+    assert (first.platform, first.call_id, first.payload, first.attempts) == (
+        "retell",
+        "call-1",
+        b'{"x": 1}',
+        1,
+    )
+    second = ledger.webhook_take(30)
+    assert second.call_id == "call-2" and second.payload == b"\x00\xff"
+    assert ledger.webhook_take(30) is None  # both leased
+    assert ledger.webhook_renew("retell", "call-1", 30)
+    ledger.webhook_retry("retell", "call-1", 0.2, "not in ChatDash yet")
+    assert ledger.webhook_take(30) is None  # not due yet
+    time.sleep(0.3)
+    again = ledger.webhook_take(30)
+    assert again.call_id == "call-1" and again.attempts == 2
+    assert again.last_error == "not in ChatDash yet"
+    ledger.webhook_done("retell", "call-1", "conv-1", "written")
+    ledger.webhook_fail("vapi", "call-2", "gave up")
+    ledger.webhook_fail("retell", "call-1", "late")  # done already: a late answer changes nothing
+    assert not ledger.webhook_renew("retell", "call-1", 30)
+    done = ledger.webhook_items(WebhookState.DONE)
+    assert [(i.call_id, i.conversation_id, i.last_error) for i in done] == [
+        ("call-1", "conv-1", "written")
+    ]
+    assert [i.call_id for i in ledger.webhook_items()] == ["call-1", "call-2"]
+    assert ledger.webhook_requeue(platform="retell") == 0
+    assert ledger.webhook_requeue() == 1
+    requeued = ledger.webhook_take(30)
+    assert requeued.call_id == "call-2" and requeued.attempts == 1
+    run_sql(ledger_location, "UPDATE webhooks SET leased_by = ?", (_dead_holder(),))
+    assert ledger.webhook_take(30).call_id == "call-2"  # its holder is gone: taken at once
+    run_sql(ledger_location, "UPDATE webhooks SET leased_by = 'elsewhere|1|1'")
+    assert ledger.webhook_take(30) is None
+    assert ledger.webhook_counts() == {"queued": 1, "done": 1, "failed": 0, "deliveries": 3}

@@ -33,8 +33,8 @@ gguf = pytest.importorskip(
 )
 
 from conftest import CHATDASH_KEY, TRANSCRIPT, put_schema  # noqa: E402
-from enrich.pipeline import Enricher  # noqa: E402
 
+from enrich import Enricher  # noqa: E402
 from enrich.config import LLMSettings, load_config  # noqa: E402
 from enrich.errors import LLMError, LLMValidationError  # noqa: E402
 from enrich.llm import StructuredLLM  # noqa: E402
@@ -258,3 +258,74 @@ def test_pipeline_writes_enrichment_to_chatdash(llama_server):
         assert 1 <= result.attempts <= 3
         assert result.usage.prompt_tokens > 0
         assert result.usage.requests == result.attempts
+
+
+STAR = Path(__file__).parent / "fixtures" / "datasets" / "star" / "sample.jsonl"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "eval"
+EVAL_ITEMS = 20
+
+
+@pytest.mark.timeout(3600)
+def test_eval_of_20_star_dialogues(llama_server, tmp_path):
+    """`enrich eval` as a user runs it (README, "Measuring quality") on the first 20 STAR
+    dialogues: every item reaches the model and gets an answer or a counted invalid one, and the
+    figures are printed. They measure the wiring, not a strong model's quality."""
+    page = tmp_path / "report.html"
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": llama_server.url,  # the environment wins over the file's base_url
+        "ENRICH_CONFIG": "none",
+        "ENRICH_LEDGER": str(tmp_path / "ledger.sqlite3"),
+    }
+    for var in ("ENRICH_MODEL", "ENRICH_LLM_MODE", "ENRICH_PROMPTS_DIR", "OPENAI_API_KEY"):
+        env.pop(var, None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "enrich",
+        "eval",
+        str(STAR),
+        "-c",
+        str(EXAMPLES / "star-gemma.yaml"),
+        "--limit",
+        str(EVAL_ITEMS),
+        "--concurrency",
+        "1",  # the server answers one request at a time
+        "--json",
+        "--html",
+        str(page),
+    ]
+    started = time.monotonic()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3500)
+    elapsed = time.monotonic() - started
+    print(
+        f"\n`enrich eval` on {EVAL_ITEMS} STAR dialogues: exit {done.returncode} in {elapsed:.0f}s"
+    )
+    print(done.stderr[-3000:])
+    if done.returncode != 0:
+        print(f"server log tail:\n{_tail(llama_server.log)}")
+    assert done.returncode == 0
+    report = json.loads(done.stdout)
+    (variant,) = report["variants"]
+    ops = variant["ops"]
+    for key, fig in variant["figures"].items():
+        print(f"{key:>26}: {fig['value']:.3f} [{fig['low']:.3f}, {fig['high']:.3f}] (n={fig['n']})")
+    shown = {k: v for k, v in ops.items() if k != "errors"}
+    print("operations:", json.dumps(shown))
+    for problem in ops["errors"]:
+        print("  ", problem)
+
+    assert report["items"] == EVAL_ITEMS
+    assert ops["failed"] == 0 and ops["skipped"] == 0  # the server answered every request
+    assert ops["answered"] + ops["invalid"] == EVAL_ITEMS
+    assert ops["answered"] >= EVAL_ITEMS // 2  # most answers validate, with their re-asks
+    assert ops["prompt_tokens"] > 0 and ops["latency_median"] > 0
+    topic = variant["figures"]["topic_accuracy"]
+    assert topic["n"] == EVAL_ITEMS and 0.0 <= topic["value"] <= 1.0
+    assert variant["figures"]["success_accuracy"]["n"] > 0
+    # answers within the taxonomy only (validation), labels all STAR's
+    assert set(variant["confusions"]["topic"]["labels"]) <= {
+        *(line["labels"]["primary_domain"] for line in map(json.loads, STAR.open())),
+        "(no answer)",
+    }
+    assert page.read_text().startswith("<!DOCTYPE html>")

@@ -172,9 +172,11 @@ def test_m003_admits_the_skipped_state_keeping_rows_and_index(tmp_path, monkeypa
     ledger.close()
     assert [name for name, _ in recorded(path)] == NAMES
     assert "m003_skipped_state" in NAMES
-    assert columns(path, "conversations") == columns_before
+    # m003 keeps every column (m005, applied after it, adds the write claim's holder)
+    assert columns(path, "conversations") == [*columns_before, "claimed_by"]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT * FROM conversations").fetchall() == [row]  # as it was
+        kept = conn.execute(f"SELECT {', '.join(columns_before)} FROM conversations").fetchall()
+        assert kept == [row]  # as it was
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "conversations_state" in indexes
         conn.execute("UPDATE conversations SET state = 'skipped' WHERE conversation_id = 'conv-1'")

@@ -13,12 +13,12 @@ import threading
 import time
 
 import pytest
-from conftest import CHATDASH_KEY, OPENAI_KEY, TRANSCRIPT, make_config
+from conftest import CHATDASH_KEY, OPENAI_KEY, TRANSCRIPT, make_config, run_sql
 
 from enrich import Enricher
 from enrich.cli._signals import sigterm_as_interrupt
 from enrich.engine import leases
-from enrich.ledger import Ledger, State
+from enrich.ledger import Ledger, State, open_ledger
 from enrich.ledger.holder import holder_is_gone, this_holder
 from enrich.testing import FakeChatDash, FakeLLM
 
@@ -48,12 +48,11 @@ def _env(llm: FakeLLM, cd: FakeChatDash, ledger) -> dict[str, str]:
 
 
 def _inflight(ledger) -> list[tuple]:
-    with sqlite3.connect(ledger) as conn:
-        return conn.execute("SELECT agent_id, conversation_id FROM inflight").fetchall()
+    return run_sql(str(ledger), "SELECT agent_id, conversation_id FROM inflight")
 
 
-def test_rerun_after_kill9_starts_new_work_within_seconds(tmp_path):
-    ledger = tmp_path / "ledger.sqlite3"
+def test_rerun_after_kill9_starts_new_work_within_seconds(tmp_path, ledger_location):
+    ledger = ledger_location
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _items(40)))
     with FakeLLM(latency=0.5) as llm, FakeChatDash(api_key=CHATDASH_KEY) as cd:
@@ -70,7 +69,7 @@ def test_rerun_after_kill9_starts_new_work_within_seconds(tmp_path):
         proc.send_signal(signal.SIGKILL)  # eight enrichments in flight, their leases held
         proc.wait(10)
         assert _inflight(ledger), "the dead process left leases behind"
-        stored = len(Ledger(ledger).entries())
+        stored = len(open_ledger(ledger).entries())
 
         start = time.monotonic()
         rerun = subprocess.Popen(
@@ -90,7 +89,7 @@ def test_rerun_after_kill9_starts_new_work_within_seconds(tmp_path):
         assert rerun.returncode == 0, err
         # 40 - stored conversations at 8 at a time, 0.5 s each: a few seconds, not minutes
         assert elapsed < 20, elapsed
-        final = Ledger(ledger).entries()
+        final = open_ledger(ledger).entries()
         assert len(final) == 40 and {e.state for e in final} == {State.WRITTEN}
         assert stored >= 1
         assert _inflight(ledger) == []
@@ -116,24 +115,22 @@ def _start(pid: int) -> str:
     return _start_marker(pid)
 
 
-def test_a_lease_held_by_a_dead_process_is_free_at_once(tmp_path):
-    ledger = Ledger(tmp_path / "l.sqlite3")
+def test_a_lease_held_by_a_dead_process_is_free_at_once(ledger_location):
+    ledger = open_ledger(ledger_location)
     assert ledger.begin("a", "c", "fp", 600)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host, _, start = this_holder().split("|")
-    with sqlite3.connect(ledger.path) as conn:
-        conn.execute("UPDATE inflight SET holder = ?", (f"{host}|{dead.pid}|{start}",))
+    run_sql(ledger_location, "UPDATE inflight SET holder = ?", (f"{host}|{dead.pid}|{start}",))
     assert ledger.begin("a", "c", "fp", 600)  # its holder is gone: free
-    with sqlite3.connect(ledger.path) as conn:
-        conn.execute("UPDATE inflight SET holder = 'elsewhere|1|1'")
+    run_sql(ledger_location, "UPDATE inflight SET holder = 'elsewhere|1|1'")
     assert not ledger.begin("a", "c", "fp", 600)  # another host's: held until it runs out
 
 
-def test_a_live_holder_renews_its_short_lease_while_the_llm_answers(tmp_path, monkeypatch):
+def test_a_live_holder_renews_its_short_lease_while_the_llm_answers(ledger_location, monkeypatch):
     monkeypatch.setattr(leases, "LEASE_SECONDS", 0.6)
     monkeypatch.setattr(leases, "RENEW_SECONDS", 0.1)
-    path = tmp_path / "l.sqlite3"
+    path = ledger_location
     seen: list[float] = []
     with FakeLLM(latency=2.0) as llm:
         config = make_config(llm, ledger={"path": str(path)})
@@ -142,12 +139,11 @@ def test_a_live_holder_renews_its_short_lease_while_the_llm_answers(tmp_path, mo
             for _ in range(40):
                 time.sleep(0.05)
                 try:
-                    with sqlite3.connect(path) as conn:
-                        row = conn.execute("SELECT until FROM inflight").fetchone()
-                except sqlite3.Error:
+                    rows = run_sql(path, 'SELECT "until" FROM inflight')
+                except Exception:  # noqa: BLE001 - not created yet, or locked: look again
                     continue
-                if row is not None:
-                    seen.append(row[0] - time.time())
+                if rows:
+                    seen.append(rows[0][0] - time.time())
 
         watcher = threading.Thread(target=watch)
         watcher.start()

@@ -5,15 +5,17 @@ servers, through the command line."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import answer, make_config
 from typer.testing import CliRunner
 
 from enrich.cli import app
-from enrich.ledger import Ledger, SQLiteLedger, State
+from enrich.ledger import Ledger, SQLiteLedger, State, open_ledger
 from enrich.ledger.spill import import_spill, spill, spill_path
 from enrich.models import Fingerprint, Usage
 from enrich.models.results import BatchResult, BatchTotals
@@ -127,9 +129,9 @@ def test_a_dry_run_result_the_ledger_cannot_take_is_spilled_too(
     assert Ledger(env["ledger"]).get("agent-1", "conv-1").state == State.ENRICHED
 
 
-def test_two_importers_at_once_record_each_spilled_result_once(tmp_path):
-    path = tmp_path / "l.sqlite3"
-    ledger = Ledger(path)
+def test_two_importers_at_once_record_each_spilled_result_once(ledger_location):
+    path = ledger_location
+    ledger = open_ledger(path)
     fp = Fingerprint(transcript_hash="t", model="m", prompt_hash="p", taxonomy_hash="x")
     for i in range(40):
         spill(
@@ -147,7 +149,7 @@ def test_two_importers_at_once_record_each_spilled_result_once(tmp_path):
     barrier = threading.Barrier(4)
 
     def importer() -> None:
-        mine = Ledger(path)
+        mine = open_ledger(path)
         barrier.wait()
         counts.append(import_spill(mine))
         mine.close()
@@ -159,7 +161,7 @@ def test_two_importers_at_once_record_each_spilled_result_once(tmp_path):
         t.join()
     assert sum(counts) == 40
     assert not spill_path(ledger).exists()
-    assert list(tmp_path.glob("*.importing")) == []
+    assert list(spill_path(ledger).parent.glob("*.importing")) == []
     entries = ledger.entries()
     assert len(entries) == 40 and all(e.state == State.PENDING for e in entries)
     for e in entries:
@@ -265,3 +267,16 @@ def test_an_llm_error_carries_what_its_attempts_cost(tmp_path, fake_llm, fake_ch
     exc = caught.value
     assert exc.usage.requests == exc.attempts >= 2
     assert exc.cost == pytest.approx(config.cost("gpt-4o-mini", exc.usage)) and exc.cost > 0
+
+
+def test_a_database_ledgers_spill_file_is_a_local_file_named_without_the_password():
+    from enrich.ledger import PostgresLedger
+
+    one = PostgresLedger("postgresql://enrich:pw-one-secret@db.example:5432/enrich")
+    two = PostgresLedger("postgres://enrich:pw-two-secret@db.example:5432/enrich?sslmode=require")
+    other = PostgresLedger("postgresql://enrich@db.example:5432/another")
+    assert spill_path(one) == spill_path(two) != spill_path(other)  # one database, one file
+    path = spill_path(one)
+    assert path.is_absolute() and path.name.endswith(".spill.jsonl")
+    assert "secret" not in str(path) and "postgresql" not in str(path)
+    assert path.parent == Path(os.environ["XDG_DATA_HOME"]) / "enrich"  # the user's data dir

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import inspect, jobs, ledger, report, run
+from . import eval, inspect, jobs, ledger, report, run, serve
 from ._common import (
     EXIT_BUG,
     EXIT_INPUT,
@@ -52,6 +52,8 @@ app.command()(ledger.show)
 app.command()(jobs.batch)
 app.command()(jobs.backfill)
 app.command()(report.report)
+app.command("eval")(eval.evaluate)
+app.command()(serve.serve)
 app.command()(inspect.render)
 app.command()(inspect.schema)
 app.command("config")(inspect.show_config)

@@ -13,6 +13,7 @@ This module is the one place where errors become exit codes, a table over
 6     the results could not be written to ``--output`` (disk full...): the ledger keeps them
 7     a batch stopped at ``--max-cost``
 8     the ledger cannot be used (locked past its busy timeout, disk full, corrupt)
+9     ``enrich eval`` ran, and a figure is below its ``--min`` bar
 130   interrupted (a batch resumes when run again)
 ====  =====================================================================
 
@@ -56,6 +57,7 @@ EXIT_WRITE = 4
 EXIT_PARTIAL = 5
 EXIT_OUTPUT = 6
 EXIT_LEDGER = 8
+EXIT_BELOW_MIN = 9  # enrich eval --min: a figure below its bar
 EXIT_INTERRUPTED = 130
 
 #: The exit code of each family of errors.
@@ -333,6 +335,8 @@ def open_ledger(cfg: Config) -> Any:
     if not cfg.ledger.enabled:
         raise ConfigError("the ledger is disabled (ledger.enabled, or ENRICH_LEDGER=off)")
     path = cfg.ledger.path or default_ledger_path()
+    if isinstance(path, str):  # a database URL, kept as written: the ledger makes its tables
+        return open_at(path)
     if not path.exists():
         raise InputError(f"{path}: no ledger yet (nothing was enriched with it)")
     return open_at(path)

@@ -48,6 +48,17 @@ TpmOpt = Annotated[
     float | None,
     typer.Option("--tpm", min=1, help="LLM tokens per minute to stay under.", show_default=False),
 ]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        "-w",
+        min=1,
+        max=64,
+        help="Processes sharing the input, the ledger and the rate limit, each running "
+        "--concurrency conversations at once (more than 1 needs the ledger).",
+    ),
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(
@@ -119,6 +130,7 @@ class JobOptions:
     concurrency: ConcurrencyOpt = 8
     rpm: RpmOpt = None
     tpm: TpmOpt = None
+    workers: WorkersOpt = 1
     dry_run: DryRunOpt = False
     output: OutputOpt = None
     csv_raw: CsvRawOpt = False
@@ -171,6 +183,14 @@ def run_job(
     from ..engine import Enricher
 
     config = load_config(job.config, model=job.model, mode=job.mode, rpm=job.rpm, tpm=job.tpm)
+    if job.workers > 1 and not job.estimate:
+        if not config.ledger.enabled:
+            raise ConfigError(
+                f"--workers {job.workers} needs the ledger (the workers share it): turn it on "
+                "(ledger.enabled, ENRICH_LEDGER) or run with --workers 1"
+            )
+        if job.via != "direct":
+            raise InputError(f"--workers {job.workers} runs --via direct only")
     enricher = Enricher(config)
     try:
         count = total()
@@ -256,15 +276,28 @@ def _drive(
         )
 
     budget = Budget(job.max_cost) if job.max_cost is not None else None
-    run = enricher.enrich_many(
-        budget.gate(items) if budget is not None else items,
-        concurrency=job.concurrency,
-        write=not job.dry_run,
-        force=job.force,
-        via=via,
-        poll_seconds=job.poll_seconds,
-        on_progress=on_progress,
-    )
+    source = budget.gate(items) if budget is not None else items
+    if job.workers > 1:  # the same stream of results, from worker processes
+        from ..engine.pool import PoolRun
+
+        run: Any = PoolRun(
+            enricher,
+            source,
+            workers=job.workers,
+            concurrency=job.concurrency,
+            write=not job.dry_run,
+            force=job.force,
+        )
+    else:
+        run = enricher.enrich_many(
+            source,
+            concurrency=job.concurrency,
+            write=not job.dry_run,
+            force=job.force,
+            via=via,
+            poll_seconds=job.poll_seconds,
+            on_progress=on_progress,
+        )
     start = time.monotonic()
     interrupted = False
     shown = 0
@@ -320,6 +353,8 @@ def _drive(
                     run.cancel()  # the reader of stdout is gone; what was paid for is in the ledger
                     raise
         finally:
+            if job.workers > 1:
+                run.close()  # the workers are gone before the summary
             progress.update(totals, force=True)
             progress.close()
             if writer is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -50,10 +50,11 @@ def replay(
         enricher = Enricher(load_config(config))
         try:
             report = enricher.replay(include_failed=failed)
+            webhooks = _requeue_webhooks(enricher.ledger, failed)
         finally:
             enricher.close()
         if as_json:
-            out(json.dumps({"ok": not report.failed, **report.model_dump()}))
+            out(json.dumps({"ok": not report.failed, **report.model_dump(), "webhooks": webhooks}))
         else:
             out(
                 f"written: {report.written}, failed: {len(report.failed)}, "
@@ -71,8 +72,34 @@ def replay(
                 f"enrich: {report.refused_waiting} write(s) ChatDash refused wait in the ledger: "
                 "fix the cause, then `enrich replay --failed`"
             )
+        _say_webhooks(webhooks)
         if report.failed:
             raise ChatDashError(f"{len(report.failed)} write(s) failed again; still in the ledger")
+
+
+# -- enrich serve's webhook queue (kept in the ledger) ------------------------------------------
+
+
+def _requeue_webhooks(ledger: Any, failed: bool) -> dict[str, int]:
+    """With ``--failed``, the webhooks ``enrich serve`` gave up go back in its queue; how many,
+    and how many failed ones wait."""
+    if ledger is None:
+        return {"requeued": 0, "failed_waiting": 0}
+    requeued = ledger.webhook_requeue() if failed else 0
+    return {"requeued": requeued, "failed_waiting": ledger.webhook_counts()["failed"]}
+
+
+def _say_webhooks(webhooks: dict[str, int]) -> None:
+    if webhooks["requeued"]:
+        err(
+            f"enrich: {webhooks['requeued']} failed webhook(s) put back in the queue: "
+            "`enrich serve` enriches them"
+        )
+    elif webhooks["failed_waiting"]:
+        err(
+            f"enrich: {webhooks['failed_waiting']} webhook(s) `enrich serve` gave up wait in the "
+            "ledger: `enrich replay --failed` puts them back in its queue"
+        )
 
 
 def show(
@@ -128,9 +155,10 @@ def ledger_stats(
     with guard(verbose, as_json):
         ledger = open_ledger(load_config(config))
         rows = ledger.stats()
+        webhooks = ledger.webhook_counts()
         if as_json:
             states = [{**r, "cost": _cost(r["cost"])} for r in rows]
-            out(json.dumps({"ledger": ledger.location, "states": states}))
+            out(json.dumps({"ledger": ledger.location, "states": states, "webhooks": webhooks}))
             return
         from rich.table import Table
 
@@ -159,3 +187,6 @@ def ledger_stats(
             totals = [t + (v or 0) for t, v in zip(totals, [*values, r["cost"]], strict=True)]
         table.add_row("total", *[f"{v:,}" for v in totals[:5]], f"{totals[5]:.4f}", style="bold")
         console(width=120).print(table)
+        if webhooks["deliveries"]:
+            queue = ", ".join(f"{k} {v:,}" for k, v in webhooks.items() if k != "deliveries")
+            say(f"webhook queue (enrich serve): {queue}; {webhooks['deliveries']:,} deliveries")

@@ -32,11 +32,13 @@ from .sections import (
     ENV_VARS,
     AnalysisSettings,
     ChatDashSettings,
+    EvalSettings,
     InputSettings,
     LedgerSettings,
     LLMSettings,
     Price,
     Section,
+    ServeSettings,
     WriteSettings,
     key_problem,
 )
@@ -51,6 +53,8 @@ __all__ = [
     "WriteSettings",
     "InputSettings",
     "LedgerSettings",
+    "ServeSettings",
+    "EvalSettings",
     "Price",
     "load_config",
     "ENV_VARS",
@@ -75,6 +79,8 @@ class Config(Section):
     write: WriteSettings = Field(default_factory=WriteSettings)
     input: InputSettings = Field(default_factory=InputSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
     pricing: dict[str, Price] = Field(
         default_factory=lambda: {k: Price(**v) for k, v in DEFAULT_PRICING.items()}
     )
@@ -183,7 +189,8 @@ class Config(Section):
         )
 
     def secrets(self) -> list[SecretStr]:
-        return [s for s in (self.llm.api_key, self.chatdash.api_key) if s is not None]
+        keys = [s for s in (self.llm.api_key, self.chatdash.api_key) if s is not None]
+        return keys + self.serve.secrets() + self.ledger.secrets()
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as plain data, with secrets shown as ``'***'`` (or ``null``)."""

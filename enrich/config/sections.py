@@ -1,12 +1,14 @@
 """The sections of the configuration (``llm``, ``chatdash``, ``analysis``, ``write``, ``input``,
-``ledger``) and the price table: each a frozen pydantic model with its defaults, checked when
-read. :mod:`enrich.config` assembles them into a :class:`~enrich.config.Config`."""
+``ledger``, ``serve``) and the price table: each a frozen pydantic model with its defaults,
+checked when read. :mod:`enrich.config` assembles them into a :class:`~enrich.config.Config`."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from pydantic import (
     BaseModel,
@@ -14,6 +16,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -30,6 +33,8 @@ __all__ = [
     "WriteSettings",
     "InputSettings",
     "LedgerSettings",
+    "ServeSettings",
+    "EvalSettings",
     "Price",
     "DEFAULT_PRICING",
     "DEFAULT_CHATDASH_BASE_URL",
@@ -52,6 +57,9 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "CHATDASH_BASE_URL": ("chatdash", "base_url"),
     "ENRICH_PROMPTS_DIR": ("analysis", "prompts_dir"),
     "ENRICH_LEDGER": ("ledger", "path"),
+    "RETELL_API_KEY": ("serve", "retell_api_key"),
+    "VAPI_WEBHOOK_SECRET": ("serve", "vapi_secret"),
+    "ELEVENLABS_WEBHOOK_SECRET": ("serve", "elevenlabs_secret"),
 }
 
 #: The model's context window when ``llm.context_tokens`` is not set.
@@ -310,16 +318,141 @@ class InputSettings(Section):
     max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
 
 
+#: A value that starts like a URL (``scheme:``; not a one-letter Windows drive).
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def _url_passwords(url: str) -> list[str]:
+    """The password(s) a URL holds (its user information's, any ``password=`` of its query),
+    as written and decoded."""
+    rest = url.partition("://")[2]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    userinfo = authority.rpartition("@")[0]
+    found = [userinfo.partition(":")[2]] if ":" in userinfo else []
+    found += re.findall(r"[?&]password=([^&#]*)", rest)
+    return [p for value in found for p in dict.fromkeys((value, unquote(value))) if p]
+
+
+def _url_masked(url: str) -> str:
+    """``url`` with its password(s) shown as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, tail = re.match(r"([^/?#]*)(.*)", rest, re.DOTALL).groups()  # type: ignore[union-attr]
+    userinfo, at, hostport = authority.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    tail = re.sub(r"([?&]password=)[^&#]*", r"\1***", tail)
+    return f"{scheme}://{userinfo}{at}{hostport}{tail}"
+
+
 class LedgerSettings(Section):
-    """Where results are kept (see :mod:`enrich.ledger`)."""
+    """Where results are kept (see :mod:`enrich.ledger`): a SQLite file's path, or a database
+    URL (``postgresql://user:password@host/db``), kept as written: a URL is never made a path
+    (``open_ledger`` uses it, or refuses a scheme it does not know). Its password is a secret:
+    shown as ``***`` in the configuration's JSON (``enrich inspect config``)."""
 
     enabled: bool = True
-    path: Path | None = Field(default=None, description="default: the user's data directory")
+    path: Path | str | None = Field(
+        default=None,
+        description="a SQLite file, or a postgresql:// URL; default: a file in the user's data "
+        "directory",
+    )
+
+    # a URL's password must not show in a pydantic error's input_value either
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     @field_validator("path", mode="before")
     @classmethod
-    def _empty_is_none(cls, v: Any) -> Any:
-        return v or None
+    def _path_or_url(cls, v: Any) -> Any:
+        if not v:
+            return None
+        if isinstance(v, str):
+            return v if _URL_START.match(v) else Path(v)
+        return v
+
+    @field_serializer("path", when_used="json")
+    def _password_masked(self, v: Path | str | None) -> str | None:
+        if v is None:
+            return None
+        return _url_masked(v) if isinstance(v, str) else str(v)
+
+    def secrets(self) -> list[SecretStr]:
+        """The password(s) of a database URL, redacted from what the command line prints."""
+        if not isinstance(self.path, str):
+            return []
+        return [SecretStr(p) for p in _url_passwords(self.path)]
+
+
+class EvalSettings(Section):
+    """How ``enrich eval`` reads the labels of a labeled set (see :mod:`enrich.evaluation`)."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="a label's name in the labeled set -> what it scores (topic, subtopic, "
+        "is_success, summaries, misunderstood, or a custom field's name; '-' ignores it), over "
+        "the shared datasets' own names",
+    )
+    values: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per scored field, a label's value -> the taxonomy's ({topic: {ride: Rides}})",
+    )
+
+
+class ServeSettings(Section):
+    """``enrich serve``: where it listens, the platforms' secrets, how its queue retries."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    retell_api_key: SecretStr | None = Field(
+        default=None, description="verifies x-retell-signature (RETELL_API_KEY)"
+    )
+    retell_event: Literal["call_analyzed", "call_ended"] = Field(
+        default="call_analyzed", description="the Retell event that is enriched"
+    )
+    elevenlabs_secret: SecretStr | None = Field(
+        default=None,
+        description="the webhook's HMAC secret, verifies ElevenLabs-Signature "
+        "(ELEVENLABS_WEBHOOK_SECRET)",
+    )
+    vapi_secret: SecretStr | None = Field(
+        default=None, description="the Vapi credential's secret (VAPI_WEBHOOK_SECRET)"
+    )
+    vapi_auth: Literal["token", "hmac"] = Field(
+        default="token",
+        description="token: the secret in Authorization: Bearer or X-Vapi-Secret; hmac: an "
+        "HMAC credential's signature",
+    )
+    vapi_signature_header: str = Field(
+        default="x-signature", min_length=1, description="the HMAC credential's signature header"
+    )
+    vapi_timestamp_header: str = Field(
+        default="x-timestamp",
+        description="the HMAC credential's timestamp header ('': none, the body alone is signed)",
+    )
+    vapi_algorithm: Literal["sha256", "sha512", "sha1"] = "sha256"
+    insecure_no_verify: bool = Field(
+        default=False, description="accept unsigned webhooks of platforms without a secret"
+    )
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    concurrency: int = Field(default=8, ge=1, le=1024, description="webhooks enriched at once")
+    retry_window: float = Field(
+        default=1800.0,
+        ge=0,
+        description="seconds a call unknown to ChatDash (404) is retried before it fails",
+    )
+    retry_delay: float = Field(default=5.0, gt=0, description="the first retry's delay, doubled")
+    max_retry_delay: float = Field(default=300.0, gt=0)
+    grace_seconds: float = Field(
+        default=25.0, ge=0, description="after SIGTERM, how long work in flight may finish"
+    )
+
+    # a rejected secret must not show in a pydantic error's input_value either
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    def secrets(self) -> list[SecretStr]:
+        keys = (self.retell_api_key, self.elevenlabs_secret, self.vapi_secret)
+        return [s for s in keys if s is not None]
 
 
 class Price(Section):

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Literal
 
@@ -43,7 +44,16 @@ async def run_many(
         raise ValueError("concurrency must be at least 1")
     source = aiter_items(items).__aiter__()
     running: set[asyncio.Task[BatchResult]] = set()
+    # Each task, once done, moves itself to ``finished`` and wakes the loop below: O(1) per
+    # result, where asyncio.wait() over the running set costs O(concurrency) every time.
+    finished: deque[asyncio.Task[BatchResult]] = deque()
+    wake = asyncio.Event()
     exhausted = False
+
+    def done(task: asyncio.Task[BatchResult]) -> None:
+        running.discard(task)
+        finished.append(task)
+        wake.set()
 
     seen: dict[tuple[str, str], int | None] = {}
     early: list[BatchResult] = []  # duplicates, answered without work
@@ -75,21 +85,25 @@ async def run_many(
                     )
                     continue
                 seen[key] = item.line
-            running.add(
-                asyncio.ensure_future(enrich_item(enricher, item, write=write, force=force))
-            )
+            task = asyncio.ensure_future(enrich_item(enricher, item, write=write, force=force))
+            running.add(task)
+            task.add_done_callback(done)
 
     try:
         await fill()
-        while running or early:
+        while running or finished or early:
             while early:
                 yield early.pop()
-            if not running:
+            if not running and not finished:
                 await fill()
                 continue
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            if not finished:
+                wake.clear()
+                await wake.wait()
+            ready = list(finished)
+            finished.clear()
             await fill()  # replacements start before the results are handed over
-            for task in done:
+            for task in ready:
                 yield task.result()
     finally:
         for task in running:

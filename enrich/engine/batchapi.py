@@ -244,6 +244,7 @@ async def run_via_batch_api(
                 attempts=answer.attempts + (1 if row else 0),
                 raw_outputs=answer.raw_outputs,
                 model=model,
+                repairs=answer.repairs,
             )
             result = await enricher.afinish(
                 job.parsed,
@@ -301,6 +302,7 @@ async def _answer(
                         attempts=0,
                         raw_outputs=[row.text],
                         model=row.model or enricher.config.llm.model,
+                        repairs=int(checked.repaired),
                     ),
                     batch_usage,
                 )

@@ -21,15 +21,16 @@ from ..chatdash import ChatDash, conversation_path
 from ..config import Config, load_config
 from ..errors import ChatDashError, ConfigError, LedgerError, LLMError
 from ..ledger import LedgerBackend, LedgerEntry, State, default_ledger_path, open_ledger
-from ..llm import LLMResult, RateLimiter, StructuredLLM, get_counter
+from ..llm import LLMResult, StructuredLLM, get_counter
 from ..models.enrichment import AnswerBase
 from ..models.fingerprint import FINGERPRINT_VERSION, Fingerprint
 from ..models.results import CostEstimate, EnrichmentResult, ReplayReport
 from ..models.transcript import Transcript
 from .bounds import aground, parse_bounded
 from .keep import from_ledger, import_spilled, keep, paid_error
-from .leases import acquire, renewed
+from .leases import acquire, claim_write, renewed
 from .longcall import PART_SCHEMA, map_reduce, plan
+from .pacing import limiter_for
 from .profile import Profile, Profiles
 from .skip import sent_before, skip_reason, skipped_estimate, skipped_result
 from .sync import LoopThread
@@ -52,19 +53,16 @@ class EnricherCore:
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
-        limiter = None
-        if self.config.llm.rpm or self.config.llm.tpm:
-            limiter = RateLimiter(self.config.llm.rpm, self.config.llm.tpm)
-        self.llm = StructuredLLM(self.config.llm, limiter)
+        ledger = self.config.ledger
+        self.ledger: LedgerBackend | None = (
+            open_ledger(ledger.path or default_ledger_path()) if ledger.enabled else None
+        )
+        self.llm = StructuredLLM(self.config.llm, limiter_for(self.config.llm, self.ledger))
         self.chatdash = ChatDash(self.config.chatdash)
         self._profiles = Profiles(self.config)  # built now: a broken one fails before any call
         self._default = self._profiles.default
         #: The synchronous face: a private event loop in a daemon thread.
         self.sync = LoopThread()
-        ledger = self.config.ledger
-        self.ledger: LedgerBackend | None = (
-            open_ledger(ledger.path or default_ledger_path()) if ledger.enabled else None
-        )
         #: Results an earlier run could not record (the spill file), recorded now.
         self.imported = import_spilled(self.ledger) if self.ledger is not None else 0
 
@@ -265,6 +263,7 @@ class EnricherCore:
             usage=answer.usage,
             cost=cost if cost is not None else self.config.cost(answer.model, answer.usage),
             attempts=answer.attempts,
+            repairs=answer.repairs,
             model=answer.model,
             dropped_queries=dropped,
             strategy=strategy,
@@ -345,13 +344,26 @@ class EnricherCore:
             return result.model_copy(update={"written": True, "already_written": True})
         return await self.awrite(result)
 
-    async def awrite(self, result: EnrichmentResult) -> EnrichmentResult:
+    async def awrite(self, result: EnrichmentResult, *, claimed: bool = False) -> EnrichmentResult:
         """PUT ``result.update`` to its conversation; returns the result marked written.
 
-        With a ledger, a write that fails stays ``pending`` (or ``failed``, when ChatDash
-        refused it) with its error, for ``enrich replay``.
+        With a ledger, the write is claimed first (unless the caller did: ``claimed``), so two
+        processes never send it both: one that finds another process writing the same body
+        waits, and returns that write (``already_written``) instead of sending it again. A
+        write that fails stays ``pending`` (or ``failed``, when ChatDash refused it) with its
+        error, for ``enrich replay``.
         """
         agent_id, conversation_id = result.agent_id or "", result.conversation_id or ""
+        if self.ledger is not None and not claimed and agent_id and conversation_id:
+            patience = self.ledger.lease_seconds + self.config.chatdash.max_total_seconds
+            done = await claim_write(
+                self.ledger, agent_id, conversation_id, result.update, patience=patience
+            )
+            if done is not None:
+                await self.ledger.anote(
+                    agent_id, conversation_id, "skipped", {"why": "written by another process"}
+                )
+                return result.model_copy(update={"written": True, "already_written": True})
         try:
             await self.chatdash.update_conversation(agent_id, conversation_id, result.update)
         except ChatDashError as exc:
@@ -454,7 +466,7 @@ class EnricherCore:
                     report.skipped += 1
                     continue
                 try:
-                    await self.awrite(from_ledger(entry))
+                    await self.awrite(from_ledger(entry), claimed=True)
                 except ChatDashError as exc:
                     report.failed.append(f"{entry.agent_id}/{entry.conversation_id}: {exc}")
                 else:

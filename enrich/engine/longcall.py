@@ -198,16 +198,18 @@ def _cut(word: str, most: int, b: _Budget) -> list[tuple[str, str, int]]:
 
 
 class _Spend:
-    """Usage, attempts and raw answers over every call of one map-reduce."""
+    """Usage, attempts, repairs and raw answers over every call of one map-reduce."""
 
     def __init__(self) -> None:
         self.usage = Usage()
         self.attempts = 0
+        self.repairs = 0
         self.raw: list[str] = []
 
     def add(self, result: LLMResult[Any]) -> Any:
         self.usage = self.usage + result.usage
         self.attempts += result.attempts
+        self.repairs += result.repairs
         self.raw += result.raw_outputs
         return result.value
 
@@ -295,6 +297,7 @@ async def map_reduce(
         attempts=spend.attempts,
         raw_outputs=spend.raw,
         model=final.model,
+        repairs=spend.repairs,
     )
     return result, len(the_plan.parts)
 

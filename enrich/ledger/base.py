@@ -39,8 +39,9 @@ enrichment that was paid for: it is then only noted in the history.
 hashes computed another way never match, so they are enriched afresh rather than reused.
 
 **Leases.** Several processes may share one ledger (a webhook fleet, a batch and a replay).
-:meth:`~LedgerBackend.claim` takes the write of one ``pending`` or ``failed`` conversation for
-``lease_seconds``, so two replays do not send the same write at once; :meth:`~LedgerBackend.begin`
+:meth:`~LedgerBackend.claim` takes the write of one conversation for ``lease_seconds`` in its
+holder's name, so two processes never send the same write at once (the engine claims every
+write; the loser waits and reports the winner's); :meth:`~LedgerBackend.begin`
 takes the *enrichment* of a conversation for a fingerprint, so two processes asked the same
 question do not both pay for it (the second waits for the first's result). A lease that runs
 out is free again. An enrichment's lease names its holder (host, pid and when the process
@@ -48,6 +49,10 @@ started: :mod:`enrich.ledger.holder`) and is short, renewed (:meth:`~LedgerBacke
 the holder waits for the LLM: a lease whose holder on this host is gone is free at once, and one
 whose holder on another host died runs out within seconds. Every change is
 atomic: one transaction, never half applied.
+
+**Shared pacing.** :meth:`~LedgerBackend.pace` keeps a rate limit's schedule (GCRA) in one row
+per limit, updated atomically, so every process that shares the ledger shares ``--rpm/--tpm``;
+:meth:`~LedgerBackend.pace_penalize` pauses and slows them all after a 429 anywhere.
 
 **Batch API jobs.** A job created at OpenAI is recorded (:meth:`~LedgerBackend.record_batch_job`)
 before its results are awaited, so an interrupted run collects it later instead of paying again.
@@ -58,6 +63,23 @@ synchronous one in a worker thread (:func:`asyncio.to_thread`), so a wait for an
 lock never blocks the event loop; a back end overrides ``_call`` to do better (SQLite runs an
 operation at once when it needs no wait, and moves it to a thread only when it would), or the
 twins themselves with a native async driver.
+
+**Webhook queue.** ``enrich serve`` keeps every verified call-end webhook as one item keyed by
+``(platform, call_id)`` (:class:`WebhookItem`), committed before the webhook is answered 2xx;
+background workers of every process sharing the ledger take items from it. An item is
+``queued`` (to be taken once ``due_at`` has come), ``done`` (it went the usual way: its
+conversation has its own entry, written, failed or skipped) or ``failed`` (given up: its call
+never showed up in ChatDash within the retry window, or its payload cannot be used).
+:meth:`~LedgerBackend.webhook_enqueue` of a key already known stores nothing new and only counts
+the delivery: a duplicate or retried delivery costs no LLM call and no write.
+:meth:`~LedgerBackend.webhook_take` leases the next due item (earliest ``due_at`` first) to this
+process's holder for some seconds, like :meth:`~LedgerBackend.begin`: a holder on this host whose
+process is gone holds nothing (a ``kill -9``'d server's items are taken again at once), one on
+another host holds it until the lease runs out. :meth:`~LedgerBackend.webhook_done`,
+:meth:`~LedgerBackend.webhook_retry` and :meth:`~LedgerBackend.webhook_fail` release it and
+apply only to a ``queued`` item (a late answer from a holder whose lease ran out changes
+nothing that another holder finished). :meth:`~LedgerBackend.webhook_requeue` puts ``failed``
+items back, due at once, their retry window started afresh (``queued_at``).
 """
 
 from __future__ import annotations
@@ -74,7 +96,14 @@ from pydantic import BaseModel, Field
 from ..models.fingerprint import Fingerprint
 from ..models.usage import Usage
 
-__all__ = ["LedgerBackend", "LedgerEntry", "LedgerEvent", "State"]
+__all__ = [
+    "LedgerBackend",
+    "LedgerEntry",
+    "LedgerEvent",
+    "State",
+    "WebhookItem",
+    "WebhookState",
+]
 
 T = TypeVar("T")
 
@@ -216,12 +245,16 @@ class LedgerBackend(ABC):
     @abstractmethod
     def queue(self, agent_id: str, conversation_id: str, body: dict[str, Any], event: str) -> None:
         """Mark a stored enrichment ``pending`` with ``body`` (reused, or re-narrowed); ``event``
-        names why in the history."""
+        names why in the history. An entry already ``written`` with this very body (another
+        process wrote it meanwhile) stays written: its write is not sent twice."""
 
     @abstractmethod
     def claim(self, agent_id: str, conversation_id: str) -> bool:
-        """Take the write of one ``pending`` or ``failed`` conversation for ``lease_seconds``;
-        False if another process holds it or it is no longer waiting to be written."""
+        """Take the write of one conversation for ``lease_seconds``, in this process's name
+        (:func:`~enrich.ledger.holder.this_holder`): one ``pending`` or ``failed``, or one
+        ``skipped`` whose body (not ``{}``) was never written. False if another holder has it
+        (one on this host whose process is gone holds nothing), or it is no longer waiting to
+        be written. :meth:`written` and :meth:`write_failed` release it."""
 
     @abstractmethod
     def written(self, agent_id: str, conversation_id: str, body: dict[str, Any]) -> None:
@@ -252,6 +285,32 @@ class LedgerBackend(ABC):
         alive); False if it no longer holds it. A back end that cannot renew keeps the lease
         :meth:`begin` took, as long as it was asked for (the default: True)."""
         return True
+
+    # -- shared pacing: one rate limit for every process that shares the ledger ---------------
+
+    @abstractmethod
+    def pace(
+        self, name: str, *, request_interval: float, token_interval: float, burst: float
+    ) -> float:
+        """Reserve the next start under the shared limit ``name`` (GCRA, wall-clock seconds):
+        a request costs ``request_interval`` of the request schedule and ``token_interval`` of
+        the token schedule, each divided by the limit's current speed ``factor`` (1.0 unless
+        slowed by :meth:`pace_penalize`). Each schedule restarts from the later of its own
+        time, now, and the end of a pause (``paused_until``). Returns how long the caller waits
+        before it starts: the later of now, the pause's end, and each schedule minus ``burst``.
+        Atomic: N processes calling it at once get N distinct slots."""
+
+    @abstractmethod
+    def pace_settle(self, name: str, token_interval: float) -> None:
+        """A request of ``name`` succeeded: move its token schedule by ``token_interval`` (the
+        real usage minus the estimate, may be negative), and let a slowed limit recover a
+        little (``factor`` += 0.0025, at most 1.0)."""
+
+    @abstractmethod
+    def pace_penalize(self, name: str, pause: float) -> float:
+        """The provider answered 429 to one sharer: every sharer waits ``pause`` seconds from
+        now (an earlier pause is never shortened) and the limit slows (``factor`` × 0.8, at
+        least 0.25). Returns the pause."""
 
     # -- Batch API jobs -------------------------------------------------------------------------
 
@@ -359,6 +418,23 @@ class LedgerBackend(ABC):
     async def arenew(self, agent_id: str, conversation_id: str, seconds: float) -> bool:
         return await self._call(self.renew, agent_id, conversation_id, seconds)
 
+    async def apace(
+        self, name: str, *, request_interval: float, token_interval: float, burst: float
+    ) -> float:
+        return await self._call(
+            self.pace,
+            name,
+            request_interval=request_interval,
+            token_interval=token_interval,
+            burst=burst,
+        )
+
+    async def apace_settle(self, name: str, token_interval: float) -> None:
+        await self._call(self.pace_settle, name, token_interval)
+
+    async def apace_penalize(self, name: str, pause: float) -> float:
+        return await self._call(self.pace_penalize, name, pause)
+
     async def arecord_batch_job(self, batch_id: str, rows: dict[str, list[str]]) -> None:
         await self._call(self.record_batch_job, batch_id, rows)
 
@@ -372,3 +448,123 @@ class LedgerBackend(ABC):
         self, agent_id: str, conversation_id: str, event: str, detail: Any = None
     ) -> None:
         await self._call(self.note, agent_id, conversation_id, event, detail)
+
+    # -- webhook queue --------------------------------------------------------------------------
+    # (``enrich serve``'s durable queue; the semantics are in the module's docstring)
+
+    @abstractmethod
+    def webhook_enqueue(
+        self, platform: str, call_id: str, agent_id: str, payload: bytes, received_at: str
+    ) -> bool:
+        """Keep a verified webhook's raw ``payload`` as a ``queued`` item due at once, durably
+        (committed when this returns). True if ``(platform, call_id)`` is new; False if it was
+        already known, in whatever state: then only its ``deliveries`` is counted up."""
+
+    @abstractmethod
+    def webhook_take(self, seconds: float) -> WebhookItem | None:
+        """Lease the next ``queued`` item whose ``due_at`` has come (earliest first) to this
+        process's holder for ``seconds``, counting an attempt; None if there is none. An item
+        another live holder has leased is not taken until its lease runs out (or its holder,
+        on this host, is gone)."""
+
+    @abstractmethod
+    def webhook_renew(self, platform: str, call_id: str, seconds: float) -> bool:
+        """Hold a taken item ``seconds`` more; False if this process no longer holds it."""
+
+    @abstractmethod
+    def webhook_done(
+        self, platform: str, call_id: str, conversation_id: str | None, note: str
+    ) -> None:
+        """The item went the usual way: ``done``, with the ChatDash ``conversation_id`` it was
+        resolved to and ``note`` (``written``, ``skipped: ...``, ``write failed: ...``) kept as
+        its outcome; its lease released."""
+
+    @abstractmethod
+    def webhook_retry(self, platform: str, call_id: str, delay: float, error: str) -> None:
+        """Not yet (ChatDash does not know the call yet, or could not be reached): ``queued``
+        again, due in ``delay`` seconds, ``error`` kept; its lease released."""
+
+    @abstractmethod
+    def webhook_fail(self, platform: str, call_id: str, error: str) -> None:
+        """Given up: ``failed`` with ``error``; its lease released."""
+
+    @abstractmethod
+    def webhook_requeue(self, platform: str | None = None, call_id: str | None = None) -> int:
+        """Put ``failed`` items (of ``platform``, and that ``call_id``, if given) back in the
+        queue, due at once, ``attempts`` reset and ``queued_at`` now (their retry window starts
+        afresh). Returns how many."""
+
+    @abstractmethod
+    def webhook_items(self, state: WebhookState | None = None) -> list[WebhookItem]:
+        """Every item (in ``state``, if given), earliest ``received_at`` first."""
+
+    @abstractmethod
+    def webhook_counts(self) -> dict[str, int]:
+        """How many items are in each state (every :class:`WebhookState`'s value is a key, 0 if
+        none), and ``deliveries``: every delivery accepted, duplicates included."""
+
+    async def awebhook_enqueue(
+        self, platform: str, call_id: str, agent_id: str, payload: bytes, received_at: str
+    ) -> bool:
+        return await self._call(
+            self.webhook_enqueue, platform, call_id, agent_id, payload, received_at
+        )
+
+    async def awebhook_take(self, seconds: float) -> WebhookItem | None:
+        return await self._call(self.webhook_take, seconds)
+
+    async def awebhook_renew(self, platform: str, call_id: str, seconds: float) -> bool:
+        return await self._call(self.webhook_renew, platform, call_id, seconds)
+
+    async def awebhook_done(
+        self, platform: str, call_id: str, conversation_id: str | None, note: str
+    ) -> None:
+        await self._call(self.webhook_done, platform, call_id, conversation_id, note)
+
+    async def awebhook_retry(self, platform: str, call_id: str, delay: float, error: str) -> None:
+        await self._call(self.webhook_retry, platform, call_id, delay, error)
+
+    async def awebhook_fail(self, platform: str, call_id: str, error: str) -> None:
+        await self._call(self.webhook_fail, platform, call_id, error)
+
+    async def awebhook_requeue(
+        self, platform: str | None = None, call_id: str | None = None
+    ) -> int:
+        return await self._call(self.webhook_requeue, platform, call_id)
+
+    async def awebhook_items(self, state: WebhookState | None = None) -> list[WebhookItem]:
+        return await self._call(self.webhook_items, state)
+
+    async def awebhook_counts(self) -> dict[str, int]:
+        return await self._call(self.webhook_counts)
+
+
+# -- webhook queue: its models ----------------------------------------------------------------
+
+
+class WebhookState(StrEnum):
+    """Where a queued webhook stands (see the module's docstring)."""
+
+    QUEUED = "queued"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class WebhookItem(BaseModel):
+    """One call-end webhook kept by ``enrich serve``: the verified raw body, where it stands.
+    ``last_error`` is the last error (``queued``, ``failed``), or a ``done`` item's outcome.
+    Times are ISO 8601 in UTC."""
+
+    platform: str
+    call_id: str
+    agent_id: str
+    payload: bytes
+    state: WebhookState
+    deliveries: int = 1
+    attempts: int = 0
+    conversation_id: str | None = None
+    last_error: str | None = None
+    received_at: str
+    queued_at: str
+    due_at: str
+    updated_at: str

@@ -163,6 +163,25 @@ def m004_inflight_holder(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE inflight ADD COLUMN holder TEXT")
 
 
+@migration
+def m005_claim_holder(conn: sqlite3.Connection) -> None:
+    """A claimed write records its holder too, so a write claimed by a process that died is
+    free at once rather than after the lease."""
+    conn.execute("ALTER TABLE conversations ADD COLUMN claimed_by TEXT")
+
+
+@migration
+def m006_rate_limits(conn: sqlite3.Connection) -> None:
+    """One row per shared rate limit (see :meth:`~enrich.ledger.LedgerBackend.pace`): the
+    request and token schedules (theoretical arrival times, wall-clock seconds), a pause after
+    a 429, and the speed ``factor`` it slowed to."""
+    conn.execute(
+        "CREATE TABLE rate_limits ("
+        "name TEXT PRIMARY KEY, req_tat REAL NOT NULL, tok_tat REAL NOT NULL, "
+        "paused_until REAL NOT NULL DEFAULT 0, factor REAL NOT NULL DEFAULT 1.0)"
+    )
+
+
 _TABLE = "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
 
 
@@ -210,3 +229,21 @@ def migrate(conn: sqlite3.Connection, location: str) -> list[str]:
         raise
     conn.execute("COMMIT")
     return [fn.__name__ for fn in todo]
+
+
+@migration
+def m007_webhooks(conn: sqlite3.Connection) -> None:
+    """``enrich serve``'s durable queue (see the webhook queue of
+    :mod:`enrich.ledger.base`): one row per ``(platform, call_id)``, its verified raw payload,
+    its state, when it is due (``due``, wall-clock seconds) and who leased it until when."""
+    conn.execute(
+        "CREATE TABLE webhooks ("
+        "platform TEXT NOT NULL, call_id TEXT NOT NULL, agent_id TEXT NOT NULL, "
+        "payload BLOB NOT NULL, "
+        "state TEXT NOT NULL CHECK (state IN ('queued', 'done', 'failed')), "
+        "deliveries INTEGER NOT NULL DEFAULT 1, attempts INTEGER NOT NULL DEFAULT 0, "
+        "conversation_id TEXT, last_error TEXT, received_at TEXT NOT NULL, "
+        "queued_at TEXT NOT NULL, due REAL NOT NULL, leased_until REAL, leased_by TEXT, "
+        "updated_at TEXT NOT NULL, PRIMARY KEY (platform, call_id))"
+    )
+    conn.execute("CREATE INDEX webhooks_due ON webhooks (state, due)")

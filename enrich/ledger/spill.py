@@ -1,11 +1,12 @@
 """The spill file: paid results the ledger could not take, kept beside it until it can.
 
 When the ledger cannot record a result the LLM was paid for (locked past its busy timeout, a full
-disk, a corrupt page), the engine appends the result, one JSON line (its ids, fingerprint,
-enrichment, body, usage, cost, state and when it was made), to ``<ledger>.spill.jsonl``, and
-syncs it to disk. The next run that opens the ledger, and ``enrich replay``, import it
-(:func:`import_spill`): each line is recorded, then the file is removed, so nothing is paid for
-twice.
+disk, a corrupt page, a database server out of reach), the engine appends the result, one JSON
+line (its ids, fingerprint, enrichment, body, usage, cost, state and when it was made), to
+``<ledger>.spill.jsonl`` (for a database ledger, a file of the user's data directory named after
+it: :func:`spill_path`), and syncs it to disk. The next run that opens the ledger, and ``enrich
+replay``, import it (:func:`import_spill`): each line is recorded, then the file is removed, so
+nothing is paid for twice.
 
 Several processes may spill and import at once. An importer first renames the file to a name of
 its own (only one rename wins; the name says which process holds it), then locks it, which
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -46,8 +48,17 @@ _CLAIMED = ".importing"
 
 
 def spill_path(ledger: LedgerBackend) -> Path:
-    """The spill file of ``ledger``: beside it, ``<ledger path>.spill.jsonl``."""
-    return Path(ledger.location + _SUFFIX)
+    """The spill file of ``ledger``: beside a file, ``<ledger path>.spill.jsonl``; for a
+    database (a ``location`` that is a URL, never with its password), a local file in the
+    user's data directory named from a hash of that URL, ``spill-<hash>.spill.jsonl``: every
+    process of this machine that shares the database finds the same one."""
+    location = ledger.location
+    if "://" not in location:
+        return Path(location + _SUFFIX)
+    from platformdirs import user_data_path
+
+    name = hashlib.sha256(location.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return user_data_path("enrich", appauthor=False) / f"spill-{name}{_SUFFIX}"
 
 
 @contextlib.contextmanager

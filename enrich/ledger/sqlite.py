@@ -30,6 +30,8 @@ from ..models.usage import Usage
 from .base import LedgerBackend, LedgerEntry, LedgerEvent, State
 from .holder import holder_is_gone, this_holder
 from .migrations import migrate
+from .sqlite_pace import SQLitePace
+from .sqlite_queue import SQLiteWebhookQueue
 
 __all__ = ["SQLiteLedger", "default_ledger_path"]
 
@@ -45,6 +47,11 @@ def default_ledger_path() -> Path:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@functools.lru_cache(maxsize=1)
+def _me(pid: int) -> str:  # this_holder(), read from /proc once per process, not per lease
+    return this_holder()
 
 
 def _entry(row: sqlite3.Row) -> LedgerEntry:
@@ -81,7 +88,7 @@ def _wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
             time.sleep(0.02)
 
 
-class SQLiteLedger(LedgerBackend):
+class SQLiteLedger(SQLiteWebhookQueue, SQLitePace, LedgerBackend):  # see sqlite_queue, _pace
     """One ledger file. Safe to share between threads and between processes."""
 
     #: How long an operation waits for another process's lock before it fails with a
@@ -402,27 +409,40 @@ class SQLiteLedger(LedgerBackend):
             self._event(conn, agent_id, conversation_id, "skipped", {"why": reason})
 
     def queue(self, agent_id: str, conversation_id: str, body: dict[str, Any], event: str) -> None:
-        """Mark a stored enrichment ``pending`` with ``body`` (reused, or re-narrowed)."""
+        """Mark a stored enrichment ``pending`` with ``body`` (reused, or re-narrowed); one
+        written with this very body meanwhile (by another process) stays written."""
+        body_json = json.dumps(body, ensure_ascii=False)
         with self._tx() as conn:
             conn.execute(
                 "UPDATE conversations SET state = 'pending', body = ?, updated_at = ? "
-                "WHERE agent_id = ? AND conversation_id = ?",
-                (json.dumps(body, ensure_ascii=False), _now(), agent_id, conversation_id),
+                "WHERE agent_id = ? AND conversation_id = ? "
+                "AND NOT (state = 'written' AND body = ?)",
+                (body_json, _now(), agent_id, conversation_id, body_json),
             )
             self._event(conn, agent_id, conversation_id, event, {})
 
     def claim(self, agent_id: str, conversation_id: str) -> bool:
-        """Take the write of one conversation for ``lease_seconds``; False if another process
-        holds it or it is no longer waiting to be written."""
+        """Take the write of one conversation for ``lease_seconds`` in this process's name;
+        False if another live holder has it or it is no longer waiting to be written."""
         now = time.time()
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE conversations SET claimed_until = ? WHERE agent_id = ? AND "
-                "conversation_id = ? AND state IN ('pending', 'failed') AND "
-                "(claimed_until IS NULL OR claimed_until < ?)",
-                (now + self.lease_seconds, agent_id, conversation_id, now),
+            row = conn.execute(
+                "SELECT claimed_until, claimed_by FROM conversations WHERE agent_id = ? AND "
+                "conversation_id = ? AND (state IN ('pending', 'failed') OR (state = 'skipped' "
+                "AND written_at IS NULL AND body != '{}'))",
+                (agent_id, conversation_id),
+            ).fetchone()
+            if row is None:
+                return False
+            until, holder = row["claimed_until"], row["claimed_by"]
+            if until is not None and until >= now and not holder_is_gone(holder):
+                return False
+            conn.execute(
+                "UPDATE conversations SET claimed_until = ?, claimed_by = ? "
+                "WHERE agent_id = ? AND conversation_id = ?",
+                (now + self.lease_seconds, _me(os.getpid()), agent_id, conversation_id),
             )
-            return cur.rowcount == 1
+            return True
 
     def written(self, agent_id: str, conversation_id: str, body: dict[str, Any]) -> None:
         now = _now()
@@ -431,7 +451,7 @@ class SQLiteLedger(LedgerBackend):
                 "UPDATE conversations SET "
                 "state = CASE state WHEN 'skipped' THEN 'skipped' ELSE 'written' END, "
                 "attempts = attempts + 1, last_error = NULL, claimed_until = NULL, "
-                "updated_at = ?, written_at = ? "
+                "claimed_by = NULL, updated_at = ?, written_at = ? "
                 "WHERE agent_id = ? AND conversation_id = ? AND body = ?",
                 (now, now, agent_id, conversation_id, json.dumps(body, ensure_ascii=False)),
             )
@@ -450,7 +470,8 @@ class SQLiteLedger(LedgerBackend):
                 state = State.SKIPPED  # its write is tried again by the next run
             conn.execute(
                 "UPDATE conversations SET state = ?, attempts = attempts + 1, last_error = ?, "
-                "claimed_until = NULL, updated_at = ? WHERE agent_id = ? AND conversation_id = ?",
+                "claimed_until = NULL, claimed_by = NULL, updated_at = ? "
+                "WHERE agent_id = ? AND conversation_id = ?",
                 (state.value, error, _now(), agent_id, conversation_id),
             )
             self._event(
@@ -483,7 +504,7 @@ class SQLiteLedger(LedgerBackend):
             conn.execute(
                 "INSERT OR REPLACE INTO inflight "
                 "(agent_id, conversation_id, fingerprint, until, holder) VALUES (?, ?, ?, ?, ?)",
-                (agent_id, conversation_id, fingerprint, now + seconds, this_holder()),
+                (agent_id, conversation_id, fingerprint, now + seconds, _me(os.getpid())),
             )
             return True
 
@@ -494,7 +515,7 @@ class SQLiteLedger(LedgerBackend):
             cur = conn.execute(
                 "UPDATE inflight SET until = ? WHERE agent_id = ? AND conversation_id = ? "
                 "AND holder = ?",
-                (time.time() + seconds, agent_id, conversation_id, this_holder()),
+                (time.time() + seconds, agent_id, conversation_id, _me(os.getpid())),
             )
             return cur.rowcount == 1
 
@@ -560,4 +581,10 @@ for _name in (
     "get find history entries stats record skip queue claim written write_failed begin renew "
     "end record_batch_job open_batch_jobs close_batch_job note"
 ).split():
+    setattr(SQLiteLedger, _name, _ledger_errors(getattr(SQLiteLedger, _name)))
+
+for _name in [
+    *(n for n in vars(SQLiteWebhookQueue) if n.startswith("webhook_")),  # the queue
+    *(n for n in vars(SQLitePace) if n.startswith("pace")),  # the shared rate limit
+]:
     setattr(SQLiteLedger, _name, _ledger_errors(getattr(SQLiteLedger, _name)))

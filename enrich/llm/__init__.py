@@ -11,7 +11,7 @@
 
 from .batches import BatchAPI, BatchRequest, BatchStatus
 from .client import LLMResult, LLMStats, StructuredLLM
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, SharedRateLimiter
 from .tokens import get_counter
 from .wire import TOOL_NAME, Answer, Validated, reask_messages, validate
 
@@ -27,6 +27,7 @@ __all__ = [
     "validate",
     "reask_messages",
     "RateLimiter",
+    "SharedRateLimiter",
     "TOOL_NAME",
     "get_counter",
 ]

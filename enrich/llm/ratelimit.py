@@ -11,7 +11,10 @@ anyway (another process shares the key, the estimate was low), :meth:`RateLimite
 pauses every caller until ``Retry-After`` has passed and lowers the pace; it recovers gradually
 after successes (additive increase, multiplicative decrease).
 
-It is meant for one event loop (one process); give each worker of a cluster its share.
+:class:`RateLimiter` paces one event loop (one process). :class:`SharedRateLimiter` keeps the
+same schedule in a store that every process shares (the ledger: a row per limit, updated
+atomically, see :meth:`~enrich.ledger.LedgerBackend.pace`), so N workers on one or many hosts
+together stay under the provider's limit, and a 429 answered to any of them slows them all.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["RateLimiter", "LimiterStats"]
+__all__ = ["RateLimiter", "SharedRateLimiter", "PaceStore", "LimiterStats"]
 
 
 @dataclass
@@ -103,3 +107,72 @@ class RateLimiter:
         self._successes = 0
         self.stats.penalties += 1
         return pause
+
+    # The client awaits these: a shared limiter's schedule is a round trip away.
+    async def asettle(self, estimated: int, actual: int) -> None:
+        self.settle(estimated, actual)
+
+    async def apenalize(self, retry_after: float | None) -> float:
+        return self.penalize(retry_after)
+
+
+class PaceStore(Protocol):
+    """Where a :class:`SharedRateLimiter` keeps its schedule (the ledger is one)."""
+
+    async def apace(
+        self, name: str, *, request_interval: float, token_interval: float, burst: float
+    ) -> float: ...
+
+    async def apace_settle(self, name: str, token_interval: float) -> None: ...
+
+    async def apace_penalize(self, name: str, pause: float) -> float: ...
+
+
+class SharedRateLimiter(RateLimiter):
+    """:class:`RateLimiter`'s pacing with its schedule in ``store``, shared by every process
+    that uses the same ``name`` (one provider key and model): each request reserves its start
+    there in one atomic step, then waits for it here. The speed ``factor`` after a 429, and its
+    recovery, are the store's too."""
+
+    def __init__(
+        self,
+        store: PaceStore,
+        name: str,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        target: float = 0.97,
+        burst_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(rpm, tpm, target=target, burst_seconds=burst_seconds)
+        self.store, self.name = store, name
+
+    def __repr__(self) -> str:
+        return f"SharedRateLimiter(rpm={self.rpm}, tpm={self.tpm}, name={self.name!r})"
+
+    def _shared_interval(self, per_minute: float | None, cost: float) -> float:
+        return 0.0 if per_minute is None else cost * 60.0 / (per_minute * self.target)
+
+    async def acquire(self, tokens: int = 0) -> None:
+        wait = await self.store.apace(
+            self.name,
+            request_interval=self._shared_interval(self.rpm, 1),
+            token_interval=self._shared_interval(self.tpm, tokens),
+            burst=self.burst,
+        )
+        self.stats.requests += 1
+        self.stats.tokens += tokens
+        if wait > 0:
+            self.stats.waited_seconds += wait
+            await asyncio.sleep(wait)
+
+    async def asettle(self, estimated: int, actual: int) -> None:
+        self.stats.tokens += actual - estimated
+        await self.store.apace_settle(
+            self.name, self._shared_interval(self.tpm, actual - estimated)
+        )
+
+    async def apenalize(self, retry_after: float | None) -> float:
+        self.stats.penalties += 1
+        pause = retry_after if retry_after is not None else 1.0
+        return await self.store.apace_penalize(self.name, pause)

@@ -15,7 +15,10 @@ accepts the other accepts too.
 - :func:`max_answer_bytes`: the size over which an answer is refused, derived from
   ``llm.max_tokens`` and far above any real answer;
 - :func:`validate`: the answer's text as a validated value, or the list of what is wrong with it
-  (a ```` ```json ```` fence around the JSON is accepted, an empty answer is an error);
+  (an empty answer is an error). JSON broken in the ways small models break it, where what was
+  meant is not in doubt, is read as it was meant, and the answer is counted as ``repaired``
+  (:func:`lenient_json`): a ```` ```json ```` fence around it, raw line feeds or tabs inside its
+  strings, chatter after the object. Anything else is invalid and re-asked;
 - :func:`reask_messages`: the assistant's invalid answer and the correction, to append to the
   conversation before asking again.
 """
@@ -42,6 +45,7 @@ __all__ = [
     "request_body",
     "read_answer",
     "strip_fences",
+    "lenient_json",
     "validate",
     "reask_messages",
     "EMPTY_ANSWER",
@@ -62,6 +66,7 @@ TOOL_NAME = "record_enrichment"
 EMPTY_ANSWER = "the answer was empty: return the JSON object"
 
 _FENCED = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+_OPENING_FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n?")
 
 
 def request_body(
@@ -245,13 +250,50 @@ def strip_fences(text: str) -> str:
     return m.group(1) if m else text
 
 
+#: Reads JSON whose strings hold raw control characters (line feeds, tabs), and the first JSON
+#: value of a text (``raw_decode``).
+_LENIENT = json.JSONDecoder(strict=False)
+
+
+def lenient_json(text: str) -> tuple[str, bool]:
+    """``text`` as the JSON it means, and whether it had to be repaired to get it.
+
+    The repairs, each of which leaves no doubt about what was meant: a Markdown fence around the
+    JSON is removed (and what follows its closing line); raw line feeds, tabs and other control
+    characters inside strings (which JSON wants escaped) are read as themselves
+    (``json.loads(strict=False)``); text after a complete JSON object (``{...} I hope this
+    helps!``) is dropped. Text that is not JSON whatever is done with it comes back as it is
+    (stripped of a fence), for the validator to say what is wrong with it: nothing is guessed
+    (no quote or brace is added, no text before the object is skipped)."""
+    body = strip_fences(text)
+    fenced = body is not text  # strip_fences returns ``text`` itself when there is no fence
+    try:
+        json.loads(body)
+        return body, fenced
+    except ValueError:
+        pass
+    start = body.lstrip()
+    opening = _OPENING_FENCE.match(start)  # a fence with words after its closing line
+    if opening:
+        start = start[opening.end() :]
+    try:
+        value, _ = _LENIENT.raw_decode(start)
+    except ValueError:
+        return body, False
+    if not isinstance(value, dict):
+        return body, False  # a bare string or number followed by words is not an answer
+    return json.dumps(value, ensure_ascii=False), True
+
+
 @dataclass(frozen=True)
 class Validated(Generic[T]):
     """An answer checked against the output model: its ``value``, or the ``errors`` (one line
-    each, the form fed back in a re-ask)."""
+    each, the form fed back in a re-ask). ``repaired``: the JSON was read only after a repair
+    (:func:`lenient_json`)."""
 
     value: T | None = None
     errors: list[str] = field(default_factory=list)
+    repaired: bool = False
 
     @property
     def ok(self) -> bool:
@@ -259,13 +301,16 @@ class Validated(Generic[T]):
 
 
 def validate(text: str, output: type[T], *, context: dict[str, Any] | None = None) -> Validated[T]:
-    """``text`` (fences stripped) validated as ``output`` with ``context``."""
+    """``text`` validated as ``output`` with ``context``, once :func:`lenient_json` has read it
+    (a repaired answer is ``repaired``; one still invalid gets its errors)."""
     if not text.strip():
         return Validated(errors=[EMPTY_ANSWER])
+    body, repaired = lenient_json(text)
     try:
-        return Validated(value=output.model_validate_json(strip_fences(text), context=context))
+        value = output.model_validate_json(body, context=context)
     except ValidationError as exc:
-        return Validated(errors=validation_errors(exc))
+        return Validated(errors=validation_errors(exc), repaired=repaired)
+    return Validated(value=value, repaired=repaired)
 
 
 def reask_messages(answer: Answer, correction: str) -> list[dict[str, Any]]:

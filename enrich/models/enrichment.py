@@ -23,7 +23,7 @@ import difflib
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
@@ -238,7 +238,9 @@ def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_SUFFIXES = ("ing", "ed", "es", "s")
+#: A plural or tense ending, taken off a word that keeps at least three characters without it
+#: (the longest that fits: "classes" is "class", "uses" is "use").
+_SUFFIX = re.compile(r"(?<=\w{3})(?:ing|ed|es|s)\b", re.UNICODE)
 
 #: How close a query must be to some stretch of a user turn (difflib ratio over words).
 GROUNDING_THRESHOLD = 0.75
@@ -246,14 +248,7 @@ GROUNDING_THRESHOLD = 0.75
 
 def _words(text: str) -> list[str]:
     text = unicodedata.normalize("NFKC", text).casefold().replace("'", "").replace("\u2019", "")
-    words = []
-    for w in _WORD.findall(text):
-        for suffix in _SUFFIXES:
-            if len(w) > len(suffix) + 2 and w.endswith(suffix):
-                w = w[: -len(suffix)]
-                break
-        words.append(w)
-    return words
+    return _WORD.findall(_SUFFIX.sub("", text))
 
 
 def _index(turn: list[str]) -> dict[str, list[int]]:
@@ -309,12 +304,22 @@ def ground_queries(
     :data:`GROUNDING_THRESHOLD` similar, word by word. Near-linear in the user's words (an
     index of each turn's words picks the stretches worth comparing).
     """
-    turns = [(words, _index(words)) for words in map(_words, user_texts)]
+    texts = iter(user_texts)
+    seen: list[tuple[list[str], dict[str, list[int]]]] = []
+
+    def turns() -> Iterator[tuple[list[str], dict[str, list[int]]]]:
+        """The user's turns as words, each read the first time a query needs it."""
+        yield from seen
+        for text in texts:
+            words = _words(text)
+            seen.append((words, _index(words)))
+            yield seen[-1]
+
     kept: list[MisunderstoodQuery] = []
     dropped: list[str] = []
     for q in queries:
         words = _words(q.question)
-        if any(_grounded(words, t, index) for t, index in turns):
+        if any(_grounded(words, t, index) for t, index in turns()):
             kept.append(q)
         else:
             dropped.append(q.question)

@@ -61,6 +61,11 @@ class EnrichmentResult(BaseModel):
     )
     usage: Usage
     attempts: int = Field(description="LLM requests made, re-asks and parts included")
+    repairs: int = Field(
+        default=0,
+        description="answers read only once their JSON was repaired (a fence, raw line feeds "
+        "in strings, chatter after the object): accepted without a re-ask",
+    )
     model: str
     dropped_queries: list[str] = Field(
         default_factory=list,

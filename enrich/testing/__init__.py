@@ -13,8 +13,9 @@ Both run in a background thread; use them as context managers::
         ...
 
 The modules: ``llm`` (FakeLLM, Reply, valid_answer), ``chatdash`` (FakeChatDash, Fault),
-``openapi`` (validate_openapi) and ``_server`` (the HTTP plumbing both fakes share). Nothing else
-in enrich imports this package: it is for users' tests and enrich's own.
+``openapi`` (validate_openapi), ``webhooks`` (deliveries signed as Retell, Vapi and ElevenLabs
+sign them, for ``enrich serve``) and ``_server`` (the HTTP plumbing both fakes share). Nothing
+else in enrich imports this package: it is for users' tests and enrich's own.
 """
 
 from .chatdash import FakeChatDash, Fault

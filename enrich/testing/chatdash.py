@@ -55,6 +55,12 @@ class FakeChatDash(_Base):
     share of the other PUTs with a 500, at random (``seed`` makes it repeatable). The list
     endpoint filters on ``startDate``/``endDate`` against each conversation's ``createdAt`` and
     returns at most ``page_size`` of them (an undocumented cap, as a real server may have).
+
+    A conversation is found by its platform id (``?isPlatformId=true``) through its
+    ``platformId`` field. With ``import_delay`` (seconds), a platform id asked for that no
+    conversation has is "imported" as ChatDash imports a call from the platform's webhook: it is
+    answered 404 until ``import_delay`` seconds after it was first asked for, then found as a new
+    conversation ``cd-<platform id>`` (0: at once).
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class FakeChatDash(_Base):
         fail_rate: float = 0.0,
         seed: int | None = None,
         page_size: int | None = None,
+        import_delay: float | None = None,
         port: int = 0,
     ) -> None:
         super().__init__(port)
@@ -87,6 +94,8 @@ class FakeChatDash(_Base):
         self.faults: deque[Fault] = deque()
         self.conversations: dict[tuple[str, str], dict[str, Any]] = {}
         self.messages: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.import_delay = import_delay
+        self._asked: dict[tuple[str, str], float] = {}  # platform ids first asked for, when
 
     @property
     def url(self) -> str:
@@ -135,14 +144,7 @@ class FakeChatDash(_Base):
             key = (unquote(conv.group(1)), unquote(conv.group(2)))
             query = parse_qs(split.query)
             if query.get("isPlatformId") == ["true"]:
-                key = next(
-                    (
-                        k
-                        for k, v in self.conversations.items()
-                        if k[0] == key[0] and v.get("platformId") == key[1]
-                    ),
-                    key,
-                )
+                key = self._by_platform_id(*key)
             if key not in self.conversations:
                 return self._send(handler, 404, {"error": "Conversation not found"})
             if conv.group(3):
@@ -168,6 +170,23 @@ class FakeChatDash(_Base):
                 self.list_calls += 1
             return self._send(handler, 200, items[: self.page_size])
         return self._send(handler, 404, {"error": f"no route {handler.command} {split.path}"})
+
+    def _by_platform_id(self, agent: str, platform_id: str) -> tuple[str, str]:
+        """The key of the agent's conversation whose ``platformId`` is ``platform_id`` (imported
+        now if ``import_delay`` has passed since it was first asked for); else the ids as given,
+        which no conversation has (404)."""
+        with self.lock:
+            for k, v in self.conversations.items():
+                if k[0] == agent and v.get("platformId") == platform_id:
+                    return k
+            if self.import_delay is None:
+                return (agent, platform_id)
+            first = self._asked.setdefault((agent, platform_id), time.monotonic())
+            if time.monotonic() - first < self.import_delay:
+                return (agent, platform_id)
+            key = (agent, f"cd-{platform_id}")
+            self.conversations[key] = {"platformId": platform_id}
+            return key
 
     def _put(self, handler: BaseHTTPRequestHandler, agent: str, conv: str, body: Any) -> None:
         if self.put_schema is not None:
