@@ -220,6 +220,10 @@ NOT_RUN = {
     "python -m enrich.testing": "the demo server itself: the `demo` fixture starts it",
     "pip install -e '.[serve]'": "a server that runs until stopped: tests/test_serve_process.py "
     "runs `enrich serve` as a process",
+    "pip install -e '.[postgres]'": "a database server of the user's: tests/test_postgres.py runs "
+    "`enrich batch` and `enrich ledger stats` against a real one",
+    "from enrich.integrations.spark import": "needs a Spark cluster and a table: "
+    "tests/test_spark.py runs enrich_dataframe on a local cluster",
     "enrich eval tests/fixtures/datasets/star/sample.jsonl -c examples/eval/star-gemma.yaml": (
         "needs llama.cpp's server and Gemma: `pytest -m llama` (tests/test_llama.py) runs it"
     ),

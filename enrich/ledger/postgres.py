@@ -44,6 +44,7 @@ from .pg_connect import SERVER_NOW as _NOW
 from .pg_connect import PostgresConnections, is_postgres_url, ledger_errors
 from .pg_connect import pg_text as _text
 from .pg_queue import PostgresWebhookQueue
+from .rows import RECORD, SKIP, pg, record_args, recorded_event, skip_args
 
 __all__ = ["PostgresLedger", "is_postgres_url"]
 
@@ -66,6 +67,9 @@ def _entry(row: dict[str, Any]) -> LedgerEntry:
     data["enrichment"] = json.loads(data["enrichment"])
     data["body"] = json.loads(data["body"])
     return LedgerEntry(usage=usage, **data)
+
+
+_RECORD, _SKIP = pg(RECORD), pg(SKIP)
 
 
 class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
@@ -148,68 +152,14 @@ class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
         """Store a fresh enrichment (replacing an older one): the paid-for result is safe. A
         dry run's (``enriched``) never replaces an entry ``written``, ``pending`` or ``failed``:
         it is only noted in the history."""
-        now = _now()
+        args = record_args(
+            agent_id, conversation_id, fingerprint, enrichment=enrichment, body=body,
+            usage=usage, cost=cost, state=state, now=_now(),
+        )  # fmt: skip
         with self._tx(agent_id, conversation_id) as conn:
-            cursor = conn.execute(
-                """
-                INSERT INTO conversations (
-                    agent_id, conversation_id, transcript_hash, model, prompt_hash, taxonomy_hash,
-                    fingerprint_version, enrichment, body, prompt_tokens, completion_tokens,
-                    cached_tokens, requests, cost, state, attempts, last_error, claimed_until,
-                    claimed_by, created_at, updated_at, written_at
-                ) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,0,NULL,NULL,NULL,%s,%s,NULL)
-                ON CONFLICT (agent_id, conversation_id) DO UPDATE SET
-                    transcript_hash = excluded.transcript_hash, model = excluded.model,
-                    prompt_hash = excluded.prompt_hash, taxonomy_hash = excluded.taxonomy_hash,
-                    fingerprint_version = excluded.fingerprint_version,
-                    enrichment = excluded.enrichment, body = excluded.body,
-                    prompt_tokens = excluded.prompt_tokens,
-                    completion_tokens = excluded.completion_tokens,
-                    cached_tokens = excluded.cached_tokens, requests = excluded.requests,
-                    cost = excluded.cost, state = excluded.state, attempts = 0,
-                    last_error = NULL, claimed_until = NULL, claimed_by = NULL,
-                    updated_at = excluded.updated_at, written_at = NULL
-                WHERE excluded.state != 'enriched'
-                    OR conversations.state NOT IN ('written', 'pending', 'failed')
-                """,
-                (
-                    agent_id,
-                    conversation_id,
-                    fingerprint.transcript_hash,
-                    fingerprint.model,
-                    fingerprint.prompt_hash,
-                    fingerprint.taxonomy_hash,
-                    fingerprint.version,
-                    json.dumps(enrichment, ensure_ascii=False),
-                    json.dumps(body, ensure_ascii=False),
-                    usage.prompt_tokens,
-                    usage.completion_tokens,
-                    usage.cached_tokens,
-                    usage.requests,
-                    cost,
-                    state.value,
-                    now,
-                    now,
-                ),
-            )
-            kept = cursor.rowcount == 0  # a dry run over a written (or to be written) entry
-            self._event(
-                conn,
-                agent_id,
-                conversation_id,
-                "dry_run" if kept else "enriched",
-                {
-                    **(
-                        {"why": "not recorded: the entry is written or to be written"}
-                        if kept
-                        else {}
-                    ),
-                    "model": fingerprint.model,
-                    "usage": usage.model_dump(),
-                    "cost": cost,
-                    "state": state.value,
-                },
-            )
+            kept = conn.execute(_RECORD, args).rowcount == 0
+            event, detail = recorded_event(kept, fingerprint, usage, cost, state)
+            self._event(conn, agent_id, conversation_id, event, detail)
 
     def skip(
         self,
@@ -221,42 +171,11 @@ class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
         body: dict[str, Any],
     ) -> None:
         """Keep a conversation with nothing to analyse as ``skipped`` (never over a paid one)."""
-        now = _now()
+        args = skip_args(
+            agent_id, conversation_id, fingerprint, reason=reason, body=body, now=_now()
+        )
         with self._tx(agent_id, conversation_id) as conn:
-            conn.execute(
-                """
-                INSERT INTO conversations (
-                    agent_id, conversation_id, transcript_hash, model, prompt_hash, taxonomy_hash,
-                    fingerprint_version, enrichment, body, prompt_tokens, completion_tokens,
-                    cached_tokens, requests, cost, state, attempts, last_error, claimed_until,
-                    claimed_by, created_at, updated_at, written_at
-                ) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,0,0,0,0,0.0,'skipped',0,NULL,NULL,NULL,
-                          %s,%s,NULL)
-                ON CONFLICT (agent_id, conversation_id) DO UPDATE SET
-                    transcript_hash = excluded.transcript_hash, model = excluded.model,
-                    prompt_hash = excluded.prompt_hash, taxonomy_hash = excluded.taxonomy_hash,
-                    fingerprint_version = excluded.fingerprint_version,
-                    enrichment = excluded.enrichment, body = excluded.body,
-                    updated_at = excluded.updated_at, last_error = NULL, claimed_until = NULL,
-                    claimed_by = NULL,
-                    written_at = CASE WHEN conversations.body = excluded.body
-                        THEN conversations.written_at END
-                WHERE conversations.state = 'skipped'
-                """,
-                (
-                    agent_id,
-                    conversation_id,
-                    fingerprint.transcript_hash,
-                    fingerprint.model,
-                    fingerprint.prompt_hash,
-                    fingerprint.taxonomy_hash,
-                    fingerprint.version,
-                    json.dumps({"skipped": reason}, ensure_ascii=False),
-                    json.dumps(body, ensure_ascii=False),
-                    now,
-                    now,
-                ),
-            )
+            conn.execute(_SKIP, args)
             self._event(conn, agent_id, conversation_id, "skipped", {"why": reason})
 
     def queue(self, agent_id: str, conversation_id: str, body: dict[str, Any], event: str) -> None:
