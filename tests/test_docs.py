@@ -58,6 +58,9 @@ def test_readme_names_every_environment_variable_and_command():
         "enrich formats",
         "enrich presets",
         "enrich schema",
+        "enrich serve",
+        "enrich eval",
+        "enrich batch --workers",
     ):
         assert command in readme, command
 

@@ -114,3 +114,56 @@ def test_the_client_reasks_what_is_really_invalid():
         assert result.value == GOOD
         assert (result.repairs, result.attempts, fake.count) == (0, 2, 2)
         assert "Invalid JSON" in fake.requests[1]["messages"][-1]["content"]
+
+
+# -- a model without a system role -----------------------------------------------------------
+
+
+def test_without_a_system_role_the_instructions_lead_the_first_user_message():
+    from enrich.llm.wire import fold_system, request_body
+
+    messages = [
+        {"role": "system", "content": "INSTRUCTIONS"},
+        {"role": "user", "content": "<transcript>T</transcript>"},
+        {"role": "assistant", "content": "{}"},
+        {"role": "user", "content": "fix it"},
+    ]
+    body = request_body(
+        messages, {"type": "object"}, model="m", mode="json_object", max_tokens=64,
+        system_role=False,
+    )  # fmt: skip
+    assert body["messages"] == [
+        {"role": "user", "content": "INSTRUCTIONS\n\n<transcript>T</transcript>"},
+        {"role": "assistant", "content": "{}"},
+        {"role": "user", "content": "fix it"},
+    ]
+    assert messages[0]["role"] == "system"  # the caller's list is left as it was
+    assert (
+        request_body(messages, {}, model="m", mode="json_object", max_tokens=64)["messages"]
+        == messages
+    )
+    assert fold_system([{"role": "system", "content": "S"}]) == [{"role": "user", "content": "S"}]
+
+
+def test_the_setting_reaches_the_wire_and_the_eval_asks_again(fake_llm, env, monkeypatch):
+    """ENRICH_LLM_SYSTEM_ROLE=false: no system message reaches the server, the instructions
+    do; an eval set up so is a setup of its own (its answers are not reused)."""
+    from enrich import Enricher, load_config
+    from enrich.evaluation.run import setup_key
+
+    monkeypatch.setenv("ENRICH_LLM_SYSTEM_ROLE", "false")
+    with Enricher(load_config()) as e:
+        assert e.config.llm.system_role is False
+        e.enrich("Agent: Hello.\nUser: I need a ride to the airport.\n")
+        folded = setup_key(e, "a")
+    (request,) = fake_llm.requests
+    roles = [m["role"] for m in request["messages"]]
+    assert roles == ["user"]
+    assert "<transcript>" in request["messages"][0]["content"]
+    assert request["messages"][0]["content"].index("JSON") < request["messages"][0][
+        "content"
+    ].index("<transcript>")
+    monkeypatch.delenv("ENRICH_LLM_SYSTEM_ROLE")
+    with Enricher(load_config()) as e:
+        assert e.config.llm.system_role is True
+        assert setup_key(e, "a") != folded

@@ -44,7 +44,7 @@ from enrich.testing import FakeChatDash  # noqa: E402
 pytestmark = [pytest.mark.llama, pytest.mark.timeout(1800)]
 
 STARTUP_SECONDS = 180
-N_CTX = 4096
+N_CTX = 8192  # examples/eval/star-gemma.yaml's llm.context_tokens
 LLM_TIMEOUT = 300.0
 MAX_TOKENS = 1024  # a weak model can fill the ten misunderstood queries allowed
 
@@ -91,6 +91,11 @@ def llama_server(tmp_path_factory):
         threads,
         "--n_threads_batch",
         threads,
+        # Gemma's own turns (the GGUF ships no chat template: else llama-2's); this format
+        # drops system messages, so enrich sends its instructions in the user turn
+        # (llm.system_role: false)
+        "--chat_format",
+        "gemma",
     ]
     url = f"http://127.0.0.1:{port}/v1"
     with open(log, "wb") as out:
@@ -143,6 +148,7 @@ def _config(server: LlamaServer, chatdash: FakeChatDash):
                 "api_key": "sk-no-key-needed",
                 "model": server.model,
                 "mode": "json_object",
+                "system_role": False,
                 "timeout": LLM_TIMEOUT,
                 "max_retries": 0,
                 "max_reasks": 2,
@@ -170,6 +176,7 @@ def test_json_object_response_format_is_accepted(llama_server):
     settings = LLMSettings(
         model=llama_server.model,
         mode="json_object",
+        system_role=False,
         base_url=llama_server.url,
         api_key="sk-no-key-needed",
         timeout=LLM_TIMEOUT,

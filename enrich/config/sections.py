@@ -53,6 +53,7 @@ ENV_VARS: dict[str, tuple[str, ...]] = {
     "OPENAI_BASE_URL": ("llm", "base_url"),
     "ENRICH_MODEL": ("llm", "model"),
     "ENRICH_LLM_MODE": ("llm", "mode"),
+    "ENRICH_LLM_SYSTEM_ROLE": ("llm", "system_role"),
     "CHATDASH_API_KEY": ("chatdash", "api_key"),
     "CHATDASH_BASE_URL": ("chatdash", "base_url"),
     "ENRICH_PROMPTS_DIR": ("analysis", "prompts_dir"),
@@ -117,6 +118,12 @@ class LLMSettings(Section):
     api_key: SecretStr | None = None
     base_url: str | None = None
     temperature: float | None = Field(default=0.0, ge=0, le=2)
+    system_role: bool = Field(
+        default=True,
+        description="send the instructions as a system message; false: at the start of the "
+        "first user message, for a model without a system role (Gemma: llama.cpp's "
+        "--chat_format gemma drops system messages)",
+    )
     max_tokens: int = Field(
         default=DEFAULT_MAX_TOKENS,
         ge=16,

@@ -4,7 +4,8 @@ A :class:`Variant` is a configuration (a YAML file, a model, a prompts folder, o
 them). Each item is enriched with :meth:`Enricher.aenrich <enrich.Enricher.aenrich>` under the
 ledger key ``(agent, "eval-<setup>-<item id>")``, where ``<setup>`` digests what the answer
 depends on: the model, the prompts and analysis, the taxonomy (the fingerprint's own parts) and
-the LLM settings the fingerprint leaves out (server, mode, temperature, token limits). So an
+the LLM settings the fingerprint leaves out (server, mode, temperature, token limits, the system
+role). So an
 answer is paid for once per setup: running the eval again, or another eval with a variant set
 up the same way, reuses it from the ledger; changing a variant's prompt pays for that variant
 only; and variants never overwrite each other's answers. No eval writes to ChatDash.
@@ -60,6 +61,8 @@ def setup_key(enricher: Enricher, agent_id: str) -> str:
     """A short digest of everything a variant's answer depends on but the transcript."""
     s = enricher.config.llm
     llm = [s.base_url, s.mode, s.temperature, s.max_tokens, s.context_tokens]
+    if not s.system_role:  # (only then: the keys of setups with a system role stay as they were)
+        llm.append("no-system-role")
     return digest([list(enricher.fingerprint_static(agent_id)), llm])[:12]
 
 

@@ -348,6 +348,7 @@ class StructuredLLM:
             mode=s.mode,
             max_tokens=s.max_tokens,
             temperature=s.temperature,
+            system_role=s.system_role,
         )
 
     def _transport_error(

@@ -45,6 +45,7 @@ __all__ = [
     "request_body",
     "read_answer",
     "strip_fences",
+    "fold_system",
     "lenient_json",
     "validate",
     "reask_messages",
@@ -77,8 +78,13 @@ def request_body(
     mode: Mode,
     max_tokens: int,
     temperature: float | None = None,
+    system_role: bool = True,
 ) -> dict[str, Any]:
-    """The JSON body of one chat completion request asking for ``schema`` in ``mode``."""
+    """The JSON body of one chat completion request asking for ``schema`` in ``mode``. Without
+    ``system_role`` the system messages are sent as the start of the first user message
+    (:func:`fold_system`), for models that have no system role."""
+    if not system_role:
+        messages = fold_system(messages)
     body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if temperature is not None:
         body["temperature"] = temperature
@@ -103,6 +109,22 @@ def request_body(
         ]
         body["tool_choice"] = {"type": "function", "function": {"name": TOOL_NAME}}
     return body
+
+
+def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with no system message: each one's text goes, in order, at the start of
+    the first user message, a blank line after it, as Gemma's own chat template does. A
+    server's chat format for a model without a system role may otherwise drop it (llama.cpp's
+    ``--chat_format gemma`` does, silently)."""
+    system = [m["content"] for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+    if not system:
+        return messages
+    lead = "\n\n".join(str(text) for text in system)
+    for i, m in enumerate(rest):
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            return [*rest[:i], {**m, "content": f"{lead}\n\n{m['content']}"}, *rest[i + 1 :]]
+    return [{"role": "user", "content": lead}, *rest]
 
 
 @dataclass(frozen=True)
