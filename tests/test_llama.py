@@ -71,6 +71,19 @@ class LlamaServer:
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
+    """The server as llama.cpp starts it for this GGUF (no chat template: llama-2's format,
+    which carries the system message)."""
+    yield from _serve(tmp_path_factory, [])
+
+
+@pytest.fixture(scope="module")
+def gemma_server(tmp_path_factory):
+    """The server as the README's "Local models" starts it: Gemma's own turns, which drop
+    system messages (enrich sends its instructions in the user turn: llm.system_role false)."""
+    yield from _serve(tmp_path_factory, ["--chat_format", "gemma"])
+
+
+def _serve(tmp_path_factory, extra: list[str]):
     model_path = Path(gguf.assemble())
     port = _free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
@@ -91,11 +104,7 @@ def llama_server(tmp_path_factory):
         threads,
         "--n_threads_batch",
         threads,
-        # Gemma's own turns (the GGUF ships no chat template: else llama-2's); this format
-        # drops system messages, so enrich sends its instructions in the user turn
-        # (llm.system_role: false)
-        "--chat_format",
-        "gemma",
+        *extra,
     ]
     url = f"http://127.0.0.1:{port}/v1"
     with open(log, "wb") as out:
@@ -148,7 +157,6 @@ def _config(server: LlamaServer, chatdash: FakeChatDash):
                 "api_key": "sk-no-key-needed",
                 "model": server.model,
                 "mode": "json_object",
-                "system_role": False,
                 "timeout": LLM_TIMEOUT,
                 "max_retries": 0,
                 "max_reasks": 2,
@@ -176,7 +184,6 @@ def test_json_object_response_format_is_accepted(llama_server):
     settings = LLMSettings(
         model=llama_server.model,
         mode="json_object",
-        system_role=False,
         base_url=llama_server.url,
         api_key="sk-no-key-needed",
         timeout=LLM_TIMEOUT,
@@ -273,14 +280,14 @@ EVAL_ITEMS = 20
 
 
 @pytest.mark.timeout(3600)
-def test_eval_of_20_star_dialogues(llama_server, tmp_path):
+def test_eval_of_20_star_dialogues(gemma_server, tmp_path):
     """`enrich eval` as a user runs it (README, "Measuring quality") on the first 20 STAR
     dialogues: every item reaches the model and gets an answer or a counted invalid one, and the
     figures are printed. They measure the wiring, not a strong model's quality."""
     page = tmp_path / "report.html"
     env = {
         **os.environ,
-        "OPENAI_BASE_URL": llama_server.url,  # the environment wins over the file's base_url
+        "OPENAI_BASE_URL": gemma_server.url,  # the environment wins over the file's base_url
         "ENRICH_CONFIG": "none",
         "ENRICH_LEDGER": str(tmp_path / "ledger.sqlite3"),
     }
@@ -310,7 +317,7 @@ def test_eval_of_20_star_dialogues(llama_server, tmp_path):
     )
     print(done.stderr[-3000:])
     if done.returncode != 0:
-        print(f"server log tail:\n{_tail(llama_server.log)}")
+        print(f"server log tail:\n{_tail(gemma_server.log)}")
     assert done.returncode == 0
     report = json.loads(done.stdout)
     (variant,) = report["variants"]
