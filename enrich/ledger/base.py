@@ -97,6 +97,7 @@ from ..models.fingerprint import Fingerprint
 from ..models.usage import Usage
 
 __all__ = [
+    "book_slot",
     "LedgerBackend",
     "LedgerEntry",
     "LedgerEvent",
@@ -154,6 +155,30 @@ class LedgerEvent(BaseModel):
     at: str
     event: str
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+def book_slot(
+    row: dict[str, Any] | Any,
+    now: float,
+    *,
+    request_interval: float,
+    token_interval: float,
+    burst: float,
+) -> tuple[float, float, float]:
+    """The arithmetic of :meth:`LedgerBackend.pace`, for a back end to run inside its
+    transaction: from the limit's row (``req_tat``, ``tok_tat``, ``paused_until``, ``factor``)
+    and ``now``, the slot's start and the two schedules' new times ``(start, req_tat,
+    tok_tat)``."""
+    paused = row["paused_until"]  # after a pause the schedules restart from its end
+    req, tok = max(row["req_tat"], now, paused), max(row["tok_tat"], now, paused)
+    start = max(
+        now,
+        paused,
+        req - burst if request_interval else now,
+        tok - burst if token_interval else now,
+    )
+    factor = row["factor"]
+    return start, req + request_interval / factor, tok + token_interval / factor
 
 
 class LedgerBackend(ABC):

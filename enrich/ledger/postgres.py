@@ -38,7 +38,7 @@ from typing import Any
 
 from ..models.fingerprint import Fingerprint
 from ..models.usage import Usage
-from .base import LedgerBackend, LedgerEntry, LedgerEvent, State
+from .base import LedgerBackend, LedgerEntry, LedgerEvent, State, book_slot
 from .holder import holder_is_gone, this_holder
 from .pg_connect import SERVER_NOW as _NOW
 from .pg_connect import PostgresConnections, is_postgres_url, ledger_errors
@@ -317,19 +317,14 @@ class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
         """Reserve the next start under the shared limit ``name``; how long to wait for it."""
         with self._tx() as conn:
             row = self._pace_row(conn, name)
-            now, paused = row["now"], row["paused_until"]
-            # after a pause the schedules restart from its end
-            req, tok = max(row["req_tat"], now, paused), max(row["tok_tat"], now, paused)
-            start = max(
-                now,
-                paused,
-                req - burst if request_interval else now,
-                tok - burst if token_interval else now,
-            )
-            factor = row["factor"]
+            now = row["now"]
+            start, req, tok = book_slot(
+                row, now, request_interval=request_interval, token_interval=token_interval,
+                burst=burst,
+            )  # fmt: skip
             conn.execute(
                 "UPDATE rate_limits SET req_tat = %s, tok_tat = %s WHERE name = %s",
-                (req + request_interval / factor, tok + token_interval / factor, name),
+                (req, tok, name),
             )
         return start - now
 

@@ -13,6 +13,8 @@ import time
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
+from .base import book_slot
+
 __all__ = ["SQLitePace"]
 
 
@@ -37,18 +39,13 @@ class SQLitePace:
         now = time.time()
         with self._tx() as conn:
             row = self._pace_row(conn, name, now)
-            paused = row["paused_until"]  # after a pause the schedules restart from its end
-            req, tok = max(row["req_tat"], now, paused), max(row["tok_tat"], now, paused)
-            start = max(
-                now,
-                paused,
-                req - burst if request_interval else now,
-                tok - burst if token_interval else now,
-            )
-            factor = row["factor"]
+            start, req, tok = book_slot(
+                row, now, request_interval=request_interval, token_interval=token_interval,
+                burst=burst,
+            )  # fmt: skip
             conn.execute(
                 "UPDATE rate_limits SET req_tat = ?, tok_tat = ? WHERE name = ?",
-                (req + request_interval / factor, tok + token_interval / factor, name),
+                (req, tok, name),
             )
         return start - now
 
