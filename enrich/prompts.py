@@ -33,7 +33,13 @@ from .errors import TemplateError
 from .models.spec import AnalysisSpec
 from .models.transcript import ROLE_LABELS, CallMetadata, Role, Transcript, Turn
 
-__all__ = ["Prompts", "TEMPLATE_NAMES", "packaged_prompts_dir"]
+__all__ = [
+    "Prompts",
+    "TEMPLATE_NAMES",
+    "PER_CONVERSATION",
+    "conversation_context",
+    "packaged_prompts_dir",
+]
 
 TEMPLATE_NAMES = ("system.j2", "user.j2", "reask.j2", "map.j2", "reduce.j2", "analysis.j2")
 #: The templates every analysis uses; ``analysis.j2`` joins them when the analysis has its own
@@ -284,9 +290,20 @@ class Prompts:
     ) -> dict[str, Any]:
         """The variables every template sees (see each template's header comment). ``spec``
         brings the analysis's own fields and named criteria."""
-        if turns is None:
-            turns = transcript.dialogue if transcript is not None else []
-        metadata = transcript.metadata if transcript is not None else CallMetadata()
+        static = self.static_context(analysis, schema=schema, mode=mode, spec=spec)
+        return {**static, **conversation_context(transcript, turns), **extra}
+
+    @staticmethod
+    def static_context(
+        analysis: AnalysisSettings,
+        *,
+        schema: dict[str, Any],
+        mode: str,
+        spec: AnalysisSpec | None = None,
+    ) -> dict[str, Any]:
+        """The variables of :meth:`context` that are the same for every conversation of an
+        analysis (its settings, the schema): a caller with many conversations computes them
+        once, and adds :func:`conversation_context`'s."""
         fields = spec.fields if spec is not None else ()
         criteria = spec.criteria if spec is not None else ()
         return {
@@ -311,17 +328,27 @@ class Prompts:
             "taxonomy": [t.model_dump() for t in analysis.taxonomy],
             "mode": mode,
             "schema_json": json.dumps(schema, ensure_ascii=False),
-            "metadata": metadata.model_dump(mode="json", exclude_defaults=True),
-            "turns": _turns(turns),
-            # tools' results, for a template that wants them as context (the defaults do not)
-            "tool_turns": _turns(
-                [t for t in transcript.turns if t.role == Role.TOOL] if transcript else []
-            ),
-            "strategy": "single",
-            "part": None,
-            "merging": False,
-            **extra,
         }
+
+    def conversation_variables(self, names: Sequence[str]) -> frozenset[str] | None:
+        """The variables of :data:`PER_CONVERSATION` that the templates ``names`` read, or
+        None when that cannot be known (a template that includes, imports or extends another,
+        or one that does not parse). A text rendered from templates that read none of them is
+        the same for every conversation of an analysis."""
+        from jinja2 import TemplateError as JinjaError
+        from jinja2 import meta
+
+        read: set[str] = set()
+        for name in names:
+            try:
+                source = self._env.loader.get_source(self._env, name)[0]  # type: ignore[union-attr]
+                ast = self._env.parse(source)
+                if any(True for _ in meta.find_referenced_templates(ast)):
+                    return None
+                read |= meta.find_undeclared_variables(ast) & PER_CONVERSATION
+            except (JinjaError, OSError):
+                return None
+        return frozenset(read)
 
     def messages(
         self,
@@ -401,6 +428,33 @@ class Prompts:
 
     def reask(self, errors: list[str]) -> str:
         return self.render("reask.j2", errors=errors)
+
+
+#: The variables of a template's context that change from one conversation (or one part of a
+#: long call) to the next: everything else is :meth:`Prompts.static_context`'s.
+PER_CONVERSATION = frozenset(
+    {"metadata", "turns", "tool_turns", "strategy", "part", "merging", "parts", "last_turns"}
+)
+
+
+def conversation_context(
+    transcript: Transcript | None = None, turns: Sequence[Turn] | None = None
+) -> dict[str, Any]:
+    """The variables of :meth:`Prompts.context` that depend on the conversation."""
+    if turns is None:
+        turns = transcript.dialogue if transcript is not None else []
+    metadata = transcript.metadata if transcript is not None else CallMetadata()
+    return {
+        "metadata": metadata.model_dump(mode="json", exclude_defaults=True),
+        "turns": _turns(turns),
+        # tools' results, for a template that wants them as context (the defaults do not)
+        "tool_turns": _turns(
+            [t for t in transcript.turns if t.role == Role.TOOL] if transcript else []
+        ),
+        "strategy": "single",
+        "part": None,
+        "merging": False,
+    }
 
 
 def _turns(turns: Sequence[Turn]) -> list[dict[str, Any]]:

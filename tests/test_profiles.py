@@ -416,3 +416,68 @@ def test_a_broken_profile_is_exit_2_naming_the_key_and_the_file(cli, fake_llm, c
     assert r.exit_code == 2, r.stderr
     assert f"{cli['config']}: agents.agent-bad.taxonomy: " in r.stderr
     assert fake_llm.requests == []
+
+
+# -- the instructions, rendered once where they are the same for every conversation -------------
+
+
+def _sent_systems(tmp_path, system_j2: str | None, transcripts: list[str]) -> list[str]:
+    """The system message of each conversation's request, with ``system_j2`` as the user's
+    ``system.j2`` (None: the packaged one)."""
+    folder = tmp_path / "prompts"
+    folder.mkdir(exist_ok=True)
+    if system_j2 is not None:
+        (folder / "system.j2").write_text(system_j2)
+    with FakeLLM() as llm:
+        config = make_config(llm, analysis={"prompts_dir": str(folder)})
+        with Enricher(config) as e:
+            for text in transcripts:
+                e.enrich(text, format="text")
+        return [r["messages"][0]["content"] for r in llm.requests]
+
+
+CALLS = [
+    "User: I was charged twice.\nAgent: Refunded.",
+    "User: Where is my parcel?\nAgent: It ships today.",
+]
+RETELL_CALLS = [
+    {"call_id": f"call-{n}", "transcript_object": [{"role": "user", "content": "Hello"}],
+     "duration_ms": ms}
+    for n, ms in ((1, 61000), (2, 125000))
+]  # fmt: skip
+
+
+def test_instructions_that_read_no_conversation_are_rendered_once_and_sent_to_each(tmp_path):
+    profile = Enricher(Config()).profile()
+    calls = []
+    real = profile.prompts.system
+    profile.prompts.system = lambda context: calls.append(1) or real(context)
+    texts = [profile.system(profile.context(transcript=None)) for _ in range(3)]
+    assert len(calls) == 1 and texts[0] == texts[1] == texts[2] == real(profile.context())
+    # the packaged system.j2 reads `strategy`: the final call of a long one has its own text
+    reduce = profile.system(profile.context(strategy="map_reduce"))
+    assert len(calls) == 2 and reduce != texts[0] and reduce == real(
+        profile.context(strategy="map_reduce")
+    )
+    # and every conversation's request carries them whole
+    sent = _sent_systems(tmp_path, None, CALLS)
+    assert len(sent) == 2 and sent[0] == sent[1] == texts[0]
+
+
+def test_instructions_that_read_the_conversation_are_rendered_for_each(tmp_path):
+    # a system.j2 of the user's own that reads the call's metadata: never one call's for another
+    template = "Analyse. {% if metadata %}Call of {{ metadata.duration_seconds }} s.{% endif %}"
+    with FakeLLM() as llm:
+        config = make_config(llm, analysis={"prompts_dir": str(tmp_path)})
+        (tmp_path / "system.j2").write_text(template)
+        with Enricher(config) as e:
+            for call in RETELL_CALLS:
+                e.enrich(call, format="retell")
+        sent = [r["messages"][0]["content"] for r in llm.requests]
+    assert sent == ["Analyse. Call of 61.0 s.", "Analyse. Call of 125.0 s."]
+    # and one that includes another template cannot be read ahead: rendered for each
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "user.j2").write_text("{{ turns | length }} turns")
+    include = "Analyse. {% include 'user.j2' %}"
+    sent = _sent_systems(tmp_path, include, [CALLS[0], CALLS[0] + "\nUser: Thanks."])
+    assert sent == ["Analyse. 2 turns", "Analyse. 3 turns"]

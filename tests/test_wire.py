@@ -289,3 +289,38 @@ def test_batch_output_rows_are_read_as_answers():
 )
 def test_batch_status_done(status, done):
     assert BatchStatus(id="batch_1", status=status).done is done
+
+
+#: Answers from servers that send more, less or other than OpenAI does.
+ODD_COMPLETIONS = [
+    {"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4,
+     "prompt_tokens_details": {"cached_tokens": 1}},
+     "choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}]},
+    {"choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}]},  # no model, no usage
+    {"model": "m", "choices": [{"message": {"content": "{}"}}]},  # no finish_reason
+    {"model": "m", "choices": [{"message": {}, "finish_reason": "stop"}]},  # no content
+    {"model": None, "choices": [{"message": {"content": "x"}, "finish_reason": None}]},
+    {"model": "m", "usage": {"prompt_tokens": "5"}, "choices": [{"message": {"content": "x"}}]},
+    {"model": "m", "usage": 7, "choices": [{"message": {"content": "x"}}]},
+    {"model": "m", "usage": {"prompt_tokens": 1, "prompt_tokens_details": None},
+     "choices": [{"message": {"content": "x"}}]},
+    {"model": "m", "choices": [{"message": {"tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        "finish_reason": "stop"}]},
+    {"model": "m", "choices": [{"message": {"content": "x", "tool_calls": [{"id": "c1"}]}}]},
+    {"model": "m", "choices": [{"message": {"content": None, "refusal": "no"}}]},
+    {"model": "m", "choices": [], "usage": {"prompt_tokens": 9}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("data", ODD_COMPLETIONS)
+def test_an_answer_is_read_from_its_json_as_the_sdk_reads_it(data):
+    # answer_from_bytes reads the decoded JSON itself, without the SDK's models: it must read
+    # what the SDK's own lenient construct() reads
+    from openai.types.chat import ChatCompletion
+
+    from enrich.llm.wire import answer_from_bytes
+
+    assert answer_from_bytes(json.dumps(data).encode()) == read_answer(
+        ChatCompletion.construct(**data)
+    )

@@ -69,8 +69,9 @@ class _Budget:
         # the answer, then for each re-ask the answer sent back (rarely near max_tokens) and
         # the errors
         reserve = answer + s.max_reasks * (min(answer, 1000) + 300) + 64
+        schema_json = self.profile.schema_json if schema is self.schema else json.dumps(schema)
         overhead = _cached_count(self.counter, self.margin, system_text) + _cached_count(
-            self.counter, self.margin, json.dumps(schema)
+            self.counter, self.margin, schema_json
         )
         return s.context_tokens - reserve - overhead
 
@@ -78,13 +79,7 @@ class _Budget:
         return self.count(f"{ROLE_LABELS[turn.role]}: {turn.text}") + 2
 
     def context(self, **extra: Any) -> dict[str, Any]:
-        return self.prompts.context(
-            self.profile.analysis,
-            schema=self.schema,
-            mode=self.settings.mode,
-            spec=self.profile.spec,
-            **extra,
-        )
+        return self.profile.context(**extra)
 
 
 @lru_cache(maxsize=64)
@@ -99,7 +94,7 @@ def plan(transcript: Transcript, profile: Profile) -> Plan:
     b = _Budget(profile)
     prompts, schema = profile.prompts, profile.schema
     context = b.context(transcript=transcript)
-    system = prompts.system(context)
+    system = profile.system(context)
     user = prompts.render("user.j2", **context)
     single = b.left(system, schema)
     tokens = b.count(user)

@@ -12,6 +12,8 @@ set-up re-enriches that agent's conversations only.
 
 from __future__ import annotations
 
+import json
+from functools import cached_property
 from typing import Any
 
 from ..config import AnalysisSettings, Config, LLMSettings
@@ -19,12 +21,14 @@ from ..errors import TemplateError
 from ..models.fingerprint import Fingerprint, digest
 from ..models.spec import AnalysisSpec
 from ..models.transcript import Transcript
-from ..prompts import BASE_TEMPLATES, Prompts
+from ..prompts import BASE_TEMPLATES, Prompts, conversation_context
 
 __all__ = ["Profile", "Profiles", "DEFAULT_PROFILE"]
 
 #: The name of the profile of ``analysis`` itself (an agent's profile is named by its id).
 DEFAULT_PROFILE = "default"
+#: The most instructions a profile keeps rendered (one per value of the variables they read).
+_MAX_SYSTEMS = 16
 
 
 class Profile:
@@ -49,6 +53,7 @@ class Profile:
         self.write_metadata = config.write.metadata
         self.min_user_turns = config.analysis.min_user_turns
         self._static: tuple[str, str, str] | None = None
+        self._systems: dict[tuple[Any, ...], str] = {}
 
     def __repr__(self) -> str:
         return f"Profile({self.name!r})"
@@ -61,6 +66,53 @@ class Profile:
     @property
     def mode(self) -> str:
         return self.llm.mode
+
+    @cached_property
+    def schema_json(self) -> str:
+        """:attr:`schema` as JSON (ASCII), as the context budget counts it."""
+        return json.dumps(self.schema)
+
+    @cached_property
+    def static_context(self) -> dict[str, Any]:
+        """The templates' variables that are the same for every conversation (computed once;
+        the templates' sandbox is immutable, so they cannot change it)."""
+        return self.prompts.static_context(
+            self.analysis, schema=self.schema, mode=self.llm.mode, spec=self.spec
+        )
+
+    def context(
+        self, transcript: Transcript | None = None, turns: Any = None, **extra: Any
+    ) -> dict[str, Any]:
+        """Every template's variables for ``transcript`` (or its ``turns``), as
+        :meth:`Prompts.context <enrich.prompts.Prompts.context>` makes them."""
+        return {**self.static_context, **conversation_context(transcript, turns), **extra}
+
+    @cached_property
+    def _system_reads(self) -> tuple[str, ...] | None:
+        names = ["system.j2"]
+        if self.static_context["fields"] or self.static_context["criteria"]:
+            names.append("analysis.j2")
+        reads = self.prompts.conversation_variables(names)
+        return None if reads is None else tuple(sorted(reads))
+
+    def system(self, context: dict[str, Any]) -> str:
+        """The instructions for ``context`` (:meth:`Prompts.system
+        <enrich.prompts.Prompts.system>`). Templates that read no conversation's variables (the
+        packaged ones read only ``strategy``) render the same text for every conversation: it
+        is rendered once per value of those they read, and reused."""
+        reads = self._system_reads
+        if reads is None:
+            return self.prompts.system(context)
+        try:
+            key = tuple(context[name] for name in reads)
+            text = self._systems.get(key)
+        except (KeyError, TypeError):  # a variable missing, or one that is not hashable
+            return self.prompts.system(context)
+        if text is None:
+            text = self.prompts.system(context)
+            if len(self._systems) < _MAX_SYSTEMS:
+                self._systems[key] = text
+        return text
 
     def messages(self, transcript: Transcript) -> list[dict[str, str]]:
         """The chat messages for one conversation that fits one request."""

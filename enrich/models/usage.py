@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -31,14 +32,19 @@ class Usage(BaseModel):
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage:
-        """Read an OpenAI ``CompletionUsage`` (or ``None``, for servers that send none)."""
+        """Read an OpenAI ``CompletionUsage``, or its JSON (or ``None``, for servers that send
+        none)."""
         if usage is None:
             return cls(requests=1)
-        details = getattr(usage, "prompt_tokens_details", None)
-        cached = getattr(details, "cached_tokens", None) or 0
+        cached = _field(_field(usage, "prompt_tokens_details"), "cached_tokens") or 0
         return cls(
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            prompt_tokens=_field(usage, "prompt_tokens") or 0,
+            completion_tokens=_field(usage, "completion_tokens") or 0,
             cached_tokens=cached,
             requests=1,
         )
+
+
+def _field(value: Any, name: str) -> Any:
+    """``value``'s ``name``: a key of a dict (JSON), else an attribute (an SDK model)."""
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
