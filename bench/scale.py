@@ -9,6 +9,9 @@
    answered 429.
 3. The Spark engine on the same workload (``bench/spark.py``'s ``run(n, latency)``), when it is
    there; otherwise the row says so.
+4. One process's CPU per conversation (``bench/throughput.py``'s workload, 64 at a time), beside
+   what the two HTTP requests of a conversation cost in the ``openai`` SDK and ``httpx`` alone
+   (``bench/http_floor.py``): the rest is enrich's own.
 
 Each figure is the median of ``--runs`` runs of the real command (``python -m enrich batch``),
 with the fake servers in a process of their own: the CPU figure is enrich's own (the command and
@@ -20,7 +23,7 @@ taking conversations, the workers' start included).
 
     python bench/scale.py [--conversations 4096] [--concurrency 256] [--latency 0.5]
         [--workers 1 2 4] [--rate-conversations 600] [--rate-workers 1 4] [--runs 3]
-        [--spark-conversations 1000] [--skip throughput rate spark]
+        [--spark-conversations 1000] [--skip throughput rate spark cpu]
 """
 
 from __future__ import annotations
@@ -207,7 +210,7 @@ def main() -> None:
     p.add_argument("--rate-workers", type=int, nargs="+", default=[1, 4])
     p.add_argument("--spark-conversations", type=int, default=1000)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rate", "spark"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rate", "spark", "cpu"])
     args = p.parse_args()
     print(f"machine: {machine()}; medians of {args.runs} run(s)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,6 +220,35 @@ def main() -> None:
             rate_limit(args, Path(tmp))
     if "spark" not in args.skip:
         spark(args)
+    if "cpu" not in args.skip:
+        cpu(args)
+
+
+def _median_line(script: str, runs: int) -> str:
+    """The last line (``median: ...``) of one of the other bench scripts, run as it is."""
+    here = Path(__file__).resolve().parent
+    out = subprocess.run(
+        [sys.executable, str(here / script), "--runs", str(runs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
+def cpu(args: argparse.Namespace) -> None:
+    print("\n4. one process's CPU per conversation, and the HTTP clients' share of it")
+    whole = _median_line("throughput.py", args.runs)
+    floor = _median_line("http_floor.py", args.runs)
+    total = float(re.search(r"CPU ([\d.]+) ms", whole)[1])  # type: ignore[index]
+    http = float(re.search(r"per conversation ([\d.]+) ms", floor)[1])  # type: ignore[index]
+    print(f"  bench/throughput.py  {whole}")
+    print(f"  bench/http_floor.py  {floor}")
+    print(
+        f"  enrich's CPU {total:.2f} ms per conversation = the HTTP clients' {http:.2f} ms "
+        f"({http / total:.0%}) + enrich's own {total - http:.2f} ms: one core feeds at most "
+        f"{1000 / total:.0f} conversations a second (with no enrich code at all, {1000 / http:.0f})"
+    )
 
 
 if __name__ == "__main__":
