@@ -44,7 +44,22 @@ from .pg_connect import SERVER_NOW as _NOW
 from .pg_connect import PostgresConnections, is_postgres_url, ledger_errors
 from .pg_connect import pg_text as _text
 from .pg_queue import PostgresWebhookQueue
-from .rows import RECORD, SKIP, pg, record_args, recorded_event, skip_args
+from .rows import (
+    CLAIM,
+    CLAIMABLE,
+    END,
+    QUEUE,
+    RECORD,
+    SKIP,
+    STATE,
+    WRITE_FAILED,
+    WRITTEN,
+    failed_state,
+    pg,
+    record_args,
+    recorded_event,
+    skip_args,
+)
 
 __all__ = ["PostgresLedger", "is_postgres_url"]
 
@@ -69,7 +84,8 @@ def _entry(row: dict[str, Any]) -> LedgerEntry:
     return LedgerEntry(usage=usage, **data)
 
 
-_RECORD, _SKIP = pg(RECORD), pg(SKIP)
+_RECORD, _SKIP, _QUEUE, _CLAIM = pg(RECORD), pg(SKIP), pg(QUEUE), pg(CLAIM)
+_WRITTEN, _STATE, _WRITE_FAILED, _END = pg(WRITTEN), pg(STATE), pg(WRITE_FAILED), pg(END)
 
 
 class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
@@ -183,12 +199,7 @@ class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
         written with this very body meanwhile (by another process) stays written."""
         body_json = json.dumps(body, ensure_ascii=False)
         with self._tx(agent_id, conversation_id) as conn:
-            conn.execute(
-                "UPDATE conversations SET state = 'pending', body = %s, updated_at = %s "
-                "WHERE agent_id = %s AND conversation_id = %s "
-                "AND NOT (state = 'written' AND body = %s)",
-                (body_json, _now(), agent_id, conversation_id, body_json),
-            )
+            conn.execute(_QUEUE, (body_json, _now(), agent_id, conversation_id, body_json))
             self._event(conn, agent_id, conversation_id, event, {})
 
     def claim(self, agent_id: str, conversation_id: str) -> bool:
@@ -197,8 +208,7 @@ class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
         with self._tx(agent_id, conversation_id) as conn:
             row = conn.execute(
                 f"SELECT claimed_until, claimed_by, {_NOW} AS now FROM conversations "
-                "WHERE agent_id = %s AND conversation_id = %s AND (state IN ('pending', 'failed') "
-                "OR (state = 'skipped' AND written_at IS NULL AND body != '{}'))",
+                f"WHERE agent_id = %s AND conversation_id = %s AND {CLAIMABLE}",
                 (agent_id, conversation_id),
             ).fetchone()
             if row is None:
@@ -206,44 +216,25 @@ class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
             until, holder, now = row["claimed_until"], row["claimed_by"], row["now"]
             if until is not None and until >= now and not holder_is_gone(holder):
                 return False
-            conn.execute(
-                "UPDATE conversations SET claimed_until = %s, claimed_by = %s "
-                "WHERE agent_id = %s AND conversation_id = %s",
-                (now + self.lease_seconds, this_holder(), agent_id, conversation_id),
-            )
+            until = now + self.lease_seconds
+            conn.execute(_CLAIM, (until, this_holder(), agent_id, conversation_id))
             return True
 
     def written(self, agent_id: str, conversation_id: str, body: dict[str, Any]) -> None:
         now = _now()
+        body_json = json.dumps(body, ensure_ascii=False)
         with self._tx(agent_id, conversation_id) as conn:
-            conn.execute(
-                "UPDATE conversations SET "
-                "state = CASE state WHEN 'skipped' THEN 'skipped' ELSE 'written' END, "
-                "attempts = attempts + 1, last_error = NULL, claimed_until = NULL, "
-                "claimed_by = NULL, updated_at = %s, written_at = %s "
-                "WHERE agent_id = %s AND conversation_id = %s AND body = %s",
-                (now, now, agent_id, conversation_id, json.dumps(body, ensure_ascii=False)),
-            )
+            conn.execute(_WRITTEN, (now, now, agent_id, conversation_id, body_json))
             self._event(conn, agent_id, conversation_id, "written", {})
 
     def write_failed(
         self, agent_id: str, conversation_id: str, error: str, *, permanent: bool
     ) -> None:
-        state = State.FAILED if permanent else State.PENDING
         error = _text(error)
         with self._tx(agent_id, conversation_id) as conn:
-            row = conn.execute(
-                "SELECT state FROM conversations WHERE agent_id = %s AND conversation_id = %s",
-                (agent_id, conversation_id),
-            ).fetchone()
-            if row is not None and row["state"] == State.SKIPPED.value:
-                state = State.SKIPPED  # its write is tried again by the next run
-            conn.execute(
-                "UPDATE conversations SET state = %s, attempts = attempts + 1, last_error = %s, "
-                "claimed_until = NULL, claimed_by = NULL, updated_at = %s "
-                "WHERE agent_id = %s AND conversation_id = %s",
-                (state.value, error, _now(), agent_id, conversation_id),
-            )
+            row = conn.execute(_STATE, (agent_id, conversation_id)).fetchone()
+            state = failed_state(row["state"] if row else None, permanent=permanent)
+            conn.execute(_WRITE_FAILED, (state.value, error, _now(), agent_id, conversation_id))
             self._event(
                 conn,
                 agent_id,
@@ -293,10 +284,7 @@ class PostgresLedger(PostgresWebhookQueue, PostgresConnections, LedgerBackend):
 
     def end(self, agent_id: str, conversation_id: str) -> None:
         with self._tx(agent_id, conversation_id) as conn:
-            conn.execute(
-                "DELETE FROM inflight WHERE agent_id = %s AND conversation_id = %s",
-                (agent_id, conversation_id),
-            )
+            conn.execute(_END, (agent_id, conversation_id))
 
     # -- shared pacing: one rate limit for every process of every host on this ledger ----------
 

@@ -1,9 +1,11 @@
 """The conversation rows both SQL back ends write alike: the statements of
-:meth:`~enrich.ledger.LedgerBackend.record` and :meth:`~enrich.ledger.LedgerBackend.skip` (in
-SQLite's ``?`` placeholders; :func:`pg` makes them PostgreSQL's ``%s``), their arguments, and
-the event a record leaves in the history. One copy, so that the two back ends keep one
-semantics: a dry run never replaces an entry that is written or to be written, and a skipped
-entry never replaces a paid one.
+:meth:`~enrich.ledger.LedgerBackend.record` and :meth:`~enrich.ledger.LedgerBackend.skip`, of
+the write's steps (:meth:`~enrich.ledger.LedgerBackend.queue`, ``claim``, ``written``,
+``write_failed``) and of a lease's end, in SQLite's ``?`` placeholders (:func:`pg` makes them
+PostgreSQL's ``%s``); their arguments, and the event a record leaves in the history. One copy,
+so that the two back ends keep one semantics: a dry run never replaces an entry that is written
+or to be written, a skipped entry never replaces a paid one, a body written meanwhile by
+another process stays written, and a write is marked written only for the body it sent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,22 @@ from ..models.fingerprint import Fingerprint
 from ..models.usage import Usage
 from .base import State
 
-__all__ = ["RECORD", "SKIP", "pg", "record_args", "recorded_event", "skip_args"]
+__all__ = [
+    "RECORD",
+    "SKIP",
+    "QUEUE",
+    "CLAIMABLE",
+    "CLAIM",
+    "WRITTEN",
+    "STATE",
+    "WRITE_FAILED",
+    "END",
+    "pg",
+    "record_args",
+    "recorded_event",
+    "skip_args",
+    "failed_state",
+]
 
 _COLUMNS = """
     agent_id, conversation_id, transcript_hash, model, prompt_hash, taxonomy_hash,
@@ -58,6 +75,60 @@ ON CONFLICT (agent_id, conversation_id) DO UPDATE SET {_SAME_FINGERPRINT}
         THEN conversations.written_at END
 WHERE conversations.state = 'skipped'
 """
+
+
+#: A stored enrichment marked ``pending`` with a body (reused, or re-narrowed); one written
+#: with this very body meanwhile (by another process) stays written. Arguments: body, now,
+#: agent, conversation, body.
+QUEUE = """
+UPDATE conversations SET state = 'pending', body = ?, updated_at = ?
+WHERE agent_id = ? AND conversation_id = ? AND NOT (state = 'written' AND body = ?)
+"""
+
+#: The entries whose write can be claimed: waiting to be written, or skipped with a body that
+#: was never written (a condition, for the back end's SELECT of the claim).
+CLAIMABLE = (
+    "(state IN ('pending', 'failed') "
+    "OR (state = 'skipped' AND written_at IS NULL AND body != '{}'))"
+)
+
+#: The claim taken. Arguments: until, holder, agent, conversation.
+CLAIM = """
+UPDATE conversations SET claimed_until = ?, claimed_by = ?
+WHERE agent_id = ? AND conversation_id = ?
+"""
+
+#: Written, for the body that was sent only (a skipped entry stays skipped, its write done).
+#: Arguments: now, now, agent, conversation, body.
+WRITTEN = """
+UPDATE conversations SET
+    state = CASE state WHEN 'skipped' THEN 'skipped' ELSE 'written' END,
+    attempts = attempts + 1, last_error = NULL, claimed_until = NULL, claimed_by = NULL,
+    updated_at = ?, written_at = ?
+WHERE agent_id = ? AND conversation_id = ? AND body = ?
+"""
+
+#: An entry's state (for :func:`failed_state`). Arguments: agent, conversation.
+STATE = "SELECT state FROM conversations WHERE agent_id = ? AND conversation_id = ?"
+
+#: A write that failed. Arguments: state (:func:`failed_state`), error, now, agent, conversation.
+WRITE_FAILED = """
+UPDATE conversations SET state = ?, attempts = attempts + 1, last_error = ?,
+    claimed_until = NULL, claimed_by = NULL, updated_at = ?
+WHERE agent_id = ? AND conversation_id = ?
+"""
+
+#: A lease on an enrichment in flight given up. Arguments: agent, conversation.
+END = "DELETE FROM inflight WHERE agent_id = ? AND conversation_id = ?"
+
+
+def failed_state(current: str | None, *, permanent: bool) -> State:
+    """The state of an entry (now ``current``) whose write failed: ``failed`` when ChatDash
+    refused it, else ``pending``; a skipped entry stays skipped (its write is tried again by
+    the next run)."""
+    if current == State.SKIPPED.value:
+        return State.SKIPPED
+    return State.FAILED if permanent else State.PENDING
 
 
 def pg(sql: str) -> str:

@@ -30,7 +30,21 @@ from ..models.usage import Usage
 from .base import LedgerBackend, LedgerEntry, LedgerEvent, State
 from .holder import holder_is_gone, this_holder
 from .migrations import migrate
-from .rows import RECORD, SKIP, record_args, recorded_event, skip_args
+from .rows import (
+    CLAIM,
+    CLAIMABLE,
+    END,
+    QUEUE,
+    RECORD,
+    SKIP,
+    STATE,
+    WRITE_FAILED,
+    WRITTEN,
+    failed_state,
+    record_args,
+    recorded_event,
+    skip_args,
+)
 from .sqlite_pace import SQLitePace
 from .sqlite_queue import SQLiteWebhookQueue
 
@@ -330,12 +344,7 @@ class SQLiteLedger(SQLiteWebhookQueue, SQLitePace, LedgerBackend):  # see sqlite
         written with this very body meanwhile (by another process) stays written."""
         body_json = json.dumps(body, ensure_ascii=False)
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE conversations SET state = 'pending', body = ?, updated_at = ? "
-                "WHERE agent_id = ? AND conversation_id = ? "
-                "AND NOT (state = 'written' AND body = ?)",
-                (body_json, _now(), agent_id, conversation_id, body_json),
-            )
+            conn.execute(QUEUE, (body_json, _now(), agent_id, conversation_id, body_json))
             self._event(conn, agent_id, conversation_id, event, {})
 
     def claim(self, agent_id: str, conversation_id: str) -> bool:
@@ -344,9 +353,8 @@ class SQLiteLedger(SQLiteWebhookQueue, SQLitePace, LedgerBackend):  # see sqlite
         now = time.time()
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT claimed_until, claimed_by FROM conversations WHERE agent_id = ? AND "
-                "conversation_id = ? AND (state IN ('pending', 'failed') OR (state = 'skipped' "
-                "AND written_at IS NULL AND body != '{}'))",
+                "SELECT claimed_until, claimed_by FROM conversations "
+                f"WHERE agent_id = ? AND conversation_id = ? AND {CLAIMABLE}",
                 (agent_id, conversation_id),
             ).fetchone()
             if row is None:
@@ -354,43 +362,24 @@ class SQLiteLedger(SQLiteWebhookQueue, SQLitePace, LedgerBackend):  # see sqlite
             until, holder = row["claimed_until"], row["claimed_by"]
             if until is not None and until >= now and not holder_is_gone(holder):
                 return False
-            conn.execute(
-                "UPDATE conversations SET claimed_until = ?, claimed_by = ? "
-                "WHERE agent_id = ? AND conversation_id = ?",
-                (now + self.lease_seconds, _me(os.getpid()), agent_id, conversation_id),
-            )
+            until = now + self.lease_seconds
+            conn.execute(CLAIM, (until, _me(os.getpid()), agent_id, conversation_id))
             return True
 
     def written(self, agent_id: str, conversation_id: str, body: dict[str, Any]) -> None:
         now = _now()
+        body_json = json.dumps(body, ensure_ascii=False)
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE conversations SET "
-                "state = CASE state WHEN 'skipped' THEN 'skipped' ELSE 'written' END, "
-                "attempts = attempts + 1, last_error = NULL, claimed_until = NULL, "
-                "claimed_by = NULL, updated_at = ?, written_at = ? "
-                "WHERE agent_id = ? AND conversation_id = ? AND body = ?",
-                (now, now, agent_id, conversation_id, json.dumps(body, ensure_ascii=False)),
-            )
+            conn.execute(WRITTEN, (now, now, agent_id, conversation_id, body_json))
             self._event(conn, agent_id, conversation_id, "written", {})
 
     def write_failed(
         self, agent_id: str, conversation_id: str, error: str, *, permanent: bool
     ) -> None:
-        state = State.FAILED if permanent else State.PENDING
         with self._tx() as conn:
-            row = conn.execute(
-                "SELECT state FROM conversations WHERE agent_id = ? AND conversation_id = ?",
-                (agent_id, conversation_id),
-            ).fetchone()
-            if row is not None and row["state"] == State.SKIPPED.value:
-                state = State.SKIPPED  # its write is tried again by the next run
-            conn.execute(
-                "UPDATE conversations SET state = ?, attempts = attempts + 1, last_error = ?, "
-                "claimed_until = NULL, claimed_by = NULL, updated_at = ? "
-                "WHERE agent_id = ? AND conversation_id = ?",
-                (state.value, error, _now(), agent_id, conversation_id),
-            )
+            row = conn.execute(STATE, (agent_id, conversation_id)).fetchone()
+            state = failed_state(row["state"] if row else None, permanent=permanent)
+            conn.execute(WRITE_FAILED, (state.value, error, _now(), agent_id, conversation_id))
             self._event(
                 conn,
                 agent_id,
@@ -438,10 +427,7 @@ class SQLiteLedger(SQLiteWebhookQueue, SQLitePace, LedgerBackend):  # see sqlite
 
     def end(self, agent_id: str, conversation_id: str) -> None:
         with self._tx() as conn:
-            conn.execute(
-                "DELETE FROM inflight WHERE agent_id = ? AND conversation_id = ?",
-                (agent_id, conversation_id),
-            )
+            conn.execute(END, (agent_id, conversation_id))
 
     # -- Batch API jobs: paid for at OpenAI, collected even after an interruption -----------------
 
