@@ -38,6 +38,7 @@ __all__ = [
     "TEMPLATE_NAMES",
     "PER_CONVERSATION",
     "conversation_context",
+    "system_templates",
     "packaged_prompts_dir",
 ]
 
@@ -369,10 +370,7 @@ class Prompts:
     def system(self, context: dict[str, Any]) -> str:
         """The instructions: ``system.j2``, then ``analysis.j2`` when the analysis has its own
         fields or named criteria."""
-        text = self.render("system.j2", **context)
-        if context.get("fields") or context.get("criteria"):
-            text += "\n\n" + self.render("analysis.j2", **context)
-        return text
+        return "\n\n".join(self.render(name, **context) for name in system_templates(context))
 
     def part_messages(
         self,
@@ -435,6 +433,14 @@ class Prompts:
 PER_CONVERSATION = frozenset(
     {"metadata", "turns", "tool_turns", "strategy", "part", "merging", "parts", "last_turns"}
 )
+
+
+def system_templates(context: dict[str, Any]) -> list[str]:
+    """The templates of the instructions (:meth:`Prompts.system`), in order: ``system.j2``,
+    then ``analysis.j2`` when the analysis has its own fields or named criteria."""
+    if context.get("fields") or context.get("criteria"):
+        return ["system.j2", "analysis.j2"]
+    return ["system.j2"]
 
 
 def conversation_context(

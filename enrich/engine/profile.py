@@ -21,7 +21,7 @@ from ..errors import TemplateError
 from ..models.fingerprint import Fingerprint, digest
 from ..models.spec import AnalysisSpec
 from ..models.transcript import Transcript
-from ..prompts import BASE_TEMPLATES, Prompts, conversation_context
+from ..prompts import BASE_TEMPLATES, Prompts, conversation_context, system_templates
 
 __all__ = ["Profile", "Profiles", "DEFAULT_PROFILE"]
 
@@ -89,10 +89,7 @@ class Profile:
 
     @cached_property
     def _system_reads(self) -> tuple[str, ...] | None:
-        names = ["system.j2"]
-        if self.static_context["fields"] or self.static_context["criteria"]:
-            names.append("analysis.j2")
-        reads = self.prompts.conversation_variables(names)
+        reads = self.prompts.conversation_variables(system_templates(self.static_context))
         return None if reads is None else tuple(sorted(reads))
 
     def system(self, context: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..errors import validation_errors
-from ..models.usage import Usage
+from ..models.usage import Usage, key_or_attr
 
 __all__ = [
     "TOOL_NAME",
@@ -194,10 +194,6 @@ def read_answer(completion: Any) -> Answer:
     )
 
 
-def _get(value: Any, name: str) -> Any:
-    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
-
-
 def _read_json_answer(data: Mapping[str, Any]) -> Answer:
     """:func:`read_answer` on a completion's decoded JSON, as leniently as the openai SDK's
     ``construct`` reads it (servers differ in the fields they send: a missing one is None), read
@@ -209,12 +205,12 @@ def _read_json_answer(data: Mapping[str, Any]) -> Answer:
         return Answer(usage=usage, model=model, has_choice=False)
     choice = choices[0]
     message = choice["message"]
-    calls = [c for c in (message.get("tool_calls") or []) if _get(c, "function")]
+    calls = [c for c in (message.get("tool_calls") or []) if key_or_attr(c, "function")]
     call = None
     if calls:
-        function = _get(calls[0], "function")
+        function = key_or_attr(calls[0], "function")
         call = ToolCall(
-            id=_get(calls[0], "id"), name=function["name"], arguments=function["arguments"]
+            id=key_or_attr(calls[0], "id"), name=function["name"], arguments=function["arguments"]
         )
     return Answer(
         text=call.arguments if call else (message.get("content") or ""),

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["Usage"]
+__all__ = ["Usage", "key_or_attr"]
 
 
 class Usage(BaseModel):
@@ -36,15 +36,15 @@ class Usage(BaseModel):
         none)."""
         if usage is None:
             return cls(requests=1)
-        cached = _field(_field(usage, "prompt_tokens_details"), "cached_tokens") or 0
+        cached = key_or_attr(key_or_attr(usage, "prompt_tokens_details"), "cached_tokens") or 0
         return cls(
-            prompt_tokens=_field(usage, "prompt_tokens") or 0,
-            completion_tokens=_field(usage, "completion_tokens") or 0,
+            prompt_tokens=key_or_attr(usage, "prompt_tokens") or 0,
+            completion_tokens=key_or_attr(usage, "completion_tokens") or 0,
             cached_tokens=cached,
             requests=1,
         )
 
 
-def _field(value: Any, name: str) -> Any:
+def key_or_attr(value: Any, name: str) -> Any:
     """``value``'s ``name``: a key of a dict (JSON), else an attribute (an SDK model)."""
     return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
